@@ -1,0 +1,53 @@
+# CPU image of the `search` service: `docker build -t search .`, then e.g.
+# `docker run --rm search --help`. docker-compose.yml builds and runs it.
+#
+# GPU variant (NVIDIA container toolkit on the host; run with `--gpus all`), either:
+#   a. FROM tensorflow/tensorflow:2.21.0-gpu (TensorFlow with CUDA preinstalled; it is Ubuntu,
+#      so check that its python3 is >= 3.11 and that apt has dataset-fashion-mnist), or
+#   b. keep this base and `pip install "tensorflow[and-cuda]>=2.21,<3"` before the dependencies;
+# and in both, drop the tensorflow-cpu line before `pip install -r requirements.txt`
+# (`sed -i '/^tensorflow-cpu/d' requirements.txt`): pyproject asks for tensorflow-cpu on x86_64
+# Linux, and it must not sit next to the GPU `tensorflow` (both install the same module).
+# The package itself is installed with --no-deps, so nothing else changes.
+
+# Bookworm, not the floating slim tag, whose Debian release changes: bookworm has the
+# dataset-fashion-mnist package installed below.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+
+# Fashion-MNIST from Debian (/usr/share/datasets/fashion-mnist), so that workers never download
+# it: eight workers starting at once would each fetch it, and some hosts have no internet.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+
+# Dependencies first, from pyproject.toml alone, so that editing the code does not reinstall
+# TensorFlow (hundreds of MB): this layer is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; \
+        project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+        print('\n'.join(project['dependencies']))" > requirements.txt \
+    && pip install -r requirements.txt
+
+COPY README.md ./
+COPY search/ search/
+COPY spaces/ spaces/
+RUN pip install --no-deps . && rm -rf build *.egg-info requirements.txt
+
+COPY studies/ studies/
+
+# A fixed uid, so that the host can grant it read access to bind-mounted secrets. It owns the
+# working directory (not the files in it) so that outputs written relative to it (runs/) work.
+RUN useradd --uid 10001 --create-home --home-dir /home/search --shell /usr/sbin/nologin search \
+    && chown search:search /app
+USER search
+
+ENTRYPOINT ["search"]
+CMD ["--help"]

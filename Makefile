@@ -1,0 +1,51 @@
+# The README's two commands, `make run` and `make test`, do all set-up on a fresh machine:
+# a virtualenv with the package and its dev extras, the dataset, and (for the tests) the
+# real PostgreSQL, Chromium and docker-compose from Debian's packages.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORKERS ?= 2
+STUDY ?= studies/quick.toml
+
+# Install Debian packages that are missing, where apt and root are available.
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing$$missing (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "not installed:$$missing (needs apt-get as root); $(2)"; fi
+endef
+
+.PHONY: run test setup data test-deps dashboard lint clean
+
+run: setup data
+	$(BIN)/search run $(STUDY) --workers $(WORKERS)
+
+test: setup data test-deps
+	$(BIN)/python -m pytest
+
+setup: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST's IDX files from Debian; without apt, Keras downloads them on first use.
+data:
+	$(call apt_install,dataset-fashion-mnist,Keras will download Fashion-MNIST)
+
+test-deps:
+	$(call apt_install,postgresql chromium docker-compose,the tests that need them fail)
+
+dashboard: setup
+	$(BIN)/search dashboard
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs

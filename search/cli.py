@@ -1,0 +1,262 @@
+"""The `search` command: plain argparse, one function per subcommand.
+
+Every command takes `--storage` (else `SEARCH_STORAGE`, else sqlite:///runs/search.db).
+Bad input (a study file, a dataset, a storage URL, a study name) exits with code 2 and a
+message naming the file, key or value and the rule it broke, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+import optuna
+
+from search.config import ConfigError, StudyConfig, load_config
+from search.data import DataError
+from search.storage import StorageError, open_storage, redact, storage_url
+from search.study import StudyError
+from spaces import SpaceError
+
+USER_ERRORS = (ConfigError, DataError, SpaceError, StorageError, StudyError)
+RUNS_DIR = Path("runs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Heartbeats and stale-trial reaping are marked experimental; we rely on them knowingly.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args) or 0
+    except USER_ERRORS as e:
+        print(f"search {args.name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"search {args.name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="search", description="Hyperparameter search for Keras image classifiers."
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(command=func, name=name)
+        p.add_argument(
+            "--storage",
+            help="storage URL (default: $SEARCH_STORAGE, else sqlite:///runs/search.db)",
+        )
+        return p
+
+    p = command("run", _run, "Create or resume a study and run it with N local workers.")
+    p.add_argument("study_file", metavar="STUDY.toml")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (1)")
+    _budget_flags(p)
+    _worker_flags(p)
+
+    p = command("worker", _worker, "Run one worker process for a study (any machine).")
+    p.add_argument("study_file", metavar="STUDY.toml", nargs="?")
+    p.add_argument("--study-name", help="a study already in the storage, instead of a file")
+    p.add_argument("--worker-index", type=int, default=None, help="seeds the sampler (0)")
+    _worker_flags(p)
+
+    p = command("create", _create, "Create a study from a file (idempotent); runs nothing.")
+    p.add_argument("study_file", metavar="STUDY.toml")
+    _budget_flags(p)
+    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+
+    p = command("status", _status, "List the studies, or one study's trials and best trial.")
+    p.add_argument("study_name", metavar="STUDY_NAME", nargs="?")
+
+    p = command("reap", _reap, "Fail trials whose worker stopped heartbeating; retry them.")
+    p.add_argument("study_name", metavar="STUDY_NAME", nargs="?")
+    return parser
+
+
+def _budget_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-trials", type=_positive_int, help="override [trials] n_trials")
+    p.add_argument("--timeout-minutes", type=float, help="override [trials] timeout_minutes")
+
+
+def _worker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="TensorFlow threads per worker (default: $SEARCH_THREADS, else cores / workers)",
+    )
+    p.add_argument(
+        "--max-trials-per-process",
+        type=_positive_int,
+        default=None,
+        help="restart a worker process after this many trials, bounding its memory",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object]:
+    """Validate a study file, its space and its dataset, then create or check the study."""
+    from search.data import load_dataset
+    from search.study import create_study
+    from spaces import load_space
+
+    config = load_config(args.study_file).with_budget(
+        n_trials=args.n_trials, timeout_minutes=args.timeout_minutes
+    )
+    space = load_space(config.study.space)
+    try:
+        baselines = {name: space.to_params(c) for name, c in space.BASELINES.items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise SpaceError(f"space {config.study.space!r}: a baseline has no params ({e})") from e
+    d = config.data
+    data = load_dataset(
+        d.dataset,
+        validation_split=d.validation_split,
+        split_seed=d.split_seed,
+        train_subset=d.train_subset,
+        validation_subset=d.validation_subset,
+        data_dir=args.data_dir,
+    )
+    del data  # loaded only to validate it before the study exists
+    storage = _open(args, config)
+    study, created = create_study(config, storage, baselines)
+    n = len(study.get_trials(deepcopy=False))
+    print(
+        f"{'created' if created else 'resuming'} study {config.name!r}"
+        f" ({config.study.space} space, {n} trials so far) in {redact(storage_url(args.storage))}"
+    )
+    return config, storage
+
+
+def _open(args: argparse.Namespace, config: StudyConfig | None = None):
+    kwargs = {}
+    if config is not None:
+        kwargs = {
+            "heartbeat_interval": config.trials.heartbeat_interval,
+            "grace_period": config.trials.grace_period,
+        }
+    return open_storage(args.storage, **kwargs)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from search.worker import supervise
+
+    config, storage = _prepare(args)
+    threads = args.threads or _default_threads(args.workers)
+    worker_args = ["--study-name", config.name, "--threads", str(threads)]
+    if args.storage:
+        worker_args += ["--storage", args.storage]
+    if args.data_dir:
+        worker_args += ["--data-dir", args.data_dir]
+    if args.max_trials_per_process:
+        worker_args += ["--max-trials-per-process", str(args.max_trials_per_process)]
+    code = supervise(
+        config,
+        storage,
+        worker_args=worker_args,
+        n_workers=args.workers,
+        log_dir=RUNS_DIR / config.name / "logs",
+    )
+    _print_best(config.name, storage)
+    return code
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from search.objective import STOP, Interrupted
+    from search.study import load_definition
+    from search.worker import configure_threads, run_worker
+
+    if bool(args.study_file) == bool(args.study_name):
+        raise ConfigError("give either STUDY.toml or --study-name NAME")
+    # Set before TensorFlow starts; two 1-thread workers beat one 2-thread worker on CPU.
+    configure_threads(args.threads or int(os.environ.get("SEARCH_THREADS", "0")) or 1)
+    # Ctrl-C (which reaches every worker) or SIGTERM (compose, the supervisor): finish the
+    # current batch, fail the trial with its reason and queue it again, then exit.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: STOP.set())
+    if args.study_file:
+        args.n_trials = args.timeout_minutes = None
+        config, storage = _prepare(args)
+        name = config.name
+    else:
+        name = args.study_name
+        config = load_definition(name, _open(args))
+        storage = _open(args, config)
+    index = args.worker_index if args.worker_index is not None else _worker_seed_offset()
+    try:
+        run_worker(
+            name,
+            storage,
+            worker_index=index,
+            data_dir=args.data_dir,
+            max_trials=args.max_trials_per_process,
+        )
+    except Interrupted as e:
+        print(f"search worker: stopped ({e}); the trial was queued again", file=sys.stderr)
+        return 130
+    return 130 if STOP.is_set() else 0
+
+
+def _create(args: argparse.Namespace) -> int:
+    _prepare(args)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from search.status import print_status
+
+    print_status(_open(args), args.study_name)
+    return 0
+
+
+def _reap(args: argparse.Namespace) -> int:
+    import optuna
+
+    from search.study import load_definition
+
+    storage = _open(args)
+    names = [args.study_name] if args.study_name else storage_study_names(storage)
+    for name in names:
+        config = load_definition(name, storage)
+        storage = _open(args, config)
+        study = optuna.load_study(study_name=name, storage=storage)
+        before = {t.number for t in study.get_trials(deepcopy=False)}
+        optuna.storages.fail_stale_trials(study)
+        retried = [t.number for t in study.get_trials(deepcopy=False) if t.number not in before]
+        print(f"{name}: {len(retried)} stale trials failed and queued again {retried or ''}")
+    return 0
+
+
+def storage_study_names(storage) -> list[str]:
+    """Names of all studies in a storage."""
+    return [s.study_name for s in storage.get_all_studies()]
+
+
+def _print_best(study_name: str, storage) -> None:
+    from search.status import describe_best
+
+    print(describe_best(study_name, storage))
+
+
+def _default_threads(n_workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
+def _worker_seed_offset() -> int:
+    # Workers started by hand or by compose have no index: derive a distinct one.
+    return int.from_bytes(os.urandom(2), "big")

@@ -1,0 +1,206 @@
+"""Study definitions: a TOML file validated once into a StudyConfig.
+
+Every rule a key must follow lives in `_SCHEMA`; an error names the file, the key and the
+rule, and is raised before anything touches a storage.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("hyperband", "successive_halving", "median", "none")
+
+
+class ConfigError(ValueError):
+    """A study definition that breaks a rule; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class StudySection:
+    name: str
+    space: str
+    seed: int = 0
+    metric: str = "val_accuracy"
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = "fashion_mnist"
+    validation_split: float = 0.2
+    split_seed: int = 0
+    train_subset: int | None = None
+    validation_subset: int | None = None
+
+
+@dataclass(frozen=True)
+class TrialsSection:
+    n_trials: int
+    max_epochs: int
+    timeout_minutes: float | None = None
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    enqueue_baselines: bool = False
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study definition."""
+
+    study: StudySection
+    data: DataSection
+    trials: TrialsSection
+
+    @property
+    def name(self) -> str:
+        return self.study.name
+
+    @property
+    def direction(self) -> str:
+        return METRICS[self.study.metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The definition as plain data (what the study records in its attributes)."""
+        return asdict(self)
+
+    def with_budget(
+        self, *, n_trials: int | None = None, timeout_minutes: float | None = None
+    ) -> StudyConfig:
+        """A copy with the budget overridden from the command line."""
+        trials = asdict(self.trials)
+        if n_trials is not None:
+            trials["n_trials"] = n_trials
+        if timeout_minutes is not None:
+            trials["timeout_minutes"] = timeout_minutes
+        return from_dict({**self.to_dict(), "trials": trials}, source="the command line")
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _one_of(*choices: str):
+    def check(v: str) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(map(repr, choices))}"
+
+    return check
+
+
+def _name(v: str) -> str | None:
+    return None if v.strip() and v == v.strip() else "must be a non-empty name without edge spaces"
+
+
+def _fraction(v: float) -> str | None:
+    return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _at_least(n: int):
+    return lambda v: None if v >= n else f"must be >= {n}"
+
+
+# section -> key -> (type, rule); types say what TOML value is accepted.
+_SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
+    "study": {
+        "name": (str, _name),
+        "space": (str, _name),
+        "seed": (int, _at_least(0)),
+        "metric": (str, _one_of(*METRICS)),
+    },
+    "data": {
+        "dataset": (str, _name),
+        "validation_split": (float, _fraction),
+        "split_seed": (int, _at_least(0)),
+        "train_subset": (int, _at_least(1)),
+        "validation_subset": (int, _at_least(1)),
+    },
+    "trials": {
+        "n_trials": (int, _at_least(1)),
+        "max_epochs": (int, _at_least(1)),
+        "timeout_minutes": (float, _positive),
+        "sampler": (str, _one_of(*SAMPLERS)),
+        "pruner": (str, _one_of(*PRUNERS)),
+        "enqueue_baselines": (bool, None),
+        "heartbeat_interval": (int, _at_least(1)),
+        "grace_period": (int, _at_least(1)),
+    },
+}
+_SECTIONS = {"study": StudySection, "data": DataSection, "trials": TrialsSection}
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study TOML file.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or a key breaks a rule.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such study file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return from_dict(raw, source=str(path))
+
+
+def from_dict(raw: dict[str, Any], *, source: str) -> StudyConfig:
+    """Validate a definition given as plain data (a parsed TOML file or a stored one)."""
+    unknown = sorted(set(raw) - set(_SCHEMA))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section [{unknown[0]}]; sections are {', '.join(_SCHEMA)}"
+        )
+    sections = {}
+    for section, cls in _SECTIONS.items():
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        sections[section] = cls(**_validate_table(source, section, table, cls))
+    config = StudyConfig(**sections)
+    if config.data.train_subset is not None and config.data.train_subset < 10:
+        raise ConfigError(f"{source}: [data] train_subset is too small to stratify; use >= 10")
+    if config.trials.grace_period <= config.trials.heartbeat_interval:
+        raise ConfigError(
+            f"{source}: [trials] grace_period is {config.trials.grace_period}, but must be"
+            f" greater than heartbeat_interval ({config.trials.heartbeat_interval})"
+        )
+    return config
+
+
+def _validate_table(source: str, section: str, table: dict[str, Any], cls: type) -> dict[str, Any]:
+    schema = _SCHEMA[section]
+    unknown = sorted(set(table) - set(schema))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key [{section}] {unknown[0]}; allowed keys: {', '.join(schema)}"
+        )
+    required = [f.name for f in fields(cls) if f.default is MISSING]
+    missing = [key for key in required if key not in table]
+    if missing:
+        raise ConfigError(f"{source}: [{section}] {missing[0]} is required")
+    values = {}
+    for key, value in table.items():
+        if value is None:
+            continue
+        expected, rule = schema[key]
+        # TOML integers are fine where a float is expected; bools are not numbers here.
+        ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise ConfigError(
+                f"{source}: [{section}] {key} is {value!r}, but must be {expected.__name__}"
+            )
+        problem = rule(value) if rule else None
+        if problem:
+            raise ConfigError(f"{source}: [{section}] {key} is {value!r}, but {problem}")
+        values[key] = value
+    return values

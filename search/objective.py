@@ -1,0 +1,171 @@
+"""One trial: the only module that touches both Optuna and Keras.
+
+suggest a config, build it, fit it with one report per epoch through the study's pruner,
+record what happened in the trial's attributes, return the best epoch's metric.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import socket
+import threading
+import time
+from types import ModuleType
+from typing import Any
+
+import keras
+import optuna
+
+from search.config import StudyConfig
+from search.data import Dataset
+from search.training import fit
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+# Set by a worker's SIGINT/SIGTERM handler. Trials stop at the next batch boundary: an
+# exception thrown asynchronously into TensorFlow can corrupt its state instead.
+STOP = threading.Event()
+
+
+class BudgetClaimed(Exception):
+    """Raised when other workers already claimed every trial of the budget."""
+
+
+class Interrupted(Exception):
+    """Raised when a worker was asked to stop in the middle of a trial."""
+
+
+class PruningReporter(keras.callbacks.Callback):
+    """Report the metric after every epoch, keep the history in the trial, prune when told.
+
+    The history is written to the trial each epoch, so a dashboard shows live curves.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        super().__init__()
+        self.trial = trial
+        self.metric = metric
+        self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
+        self.diverged: str | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        for key in HISTORY_KEYS:
+            self.history[key].append(float(logs.get(key, math.nan)))
+        self.trial.set_user_attr("history", self.history)
+        value = float(logs.get(self.metric, math.nan))
+        if not (math.isfinite(value) and math.isfinite(float(logs.get("loss", math.nan)))):
+            self.diverged = f"loss or {self.metric} is not finite at epoch {epoch + 1}"
+            self.model.stop_training = True
+            return
+        # Steps count epochs from 1, so a pruner's resource is the number of epochs trained.
+        self.trial.report(value, step=epoch + 1)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({self.metric} {value:.4f})")
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if STOP.is_set():
+            self.model.stop_training = True
+        # TerminateOnNaN stops after the batch; remember why for the trial's record.
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged = f"loss is not finite in epoch {len(self.history['loss']) + 1}"
+
+
+class Objective:
+    """Callable for `study.optimize`: trains one config per trial on data loaded once."""
+
+    def __init__(self, config: StudyConfig, space: ModuleType, data: Dataset) -> None:
+        self.config = config
+        self.space = space
+        self.data = data
+        self.metric = config.study.metric
+        self.last_trial_id: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        # Free the previous trial's graph and layers before building the next model.
+        keras.backend.clear_session()
+        gc.collect()
+        self.last_trial_id = trial._trial_id
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            _check_budget(trial, self.config.trials.n_trials)
+            return self._train(trial)
+        except BudgetClaimed as e:
+            return _fail(trial, str(e))
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            raise
+
+    def _train(self, trial: optuna.Trial) -> float:
+        seed = self.config.study.seed + trial.number
+        trial.set_user_attr("seed", seed)
+        keras.utils.set_random_seed(seed)
+        config = self.space.suggest(trial)
+        try:
+            model = self.space.build(config, self.data.input_shape, self.data.num_classes)
+        except ValueError as e:
+            return _fail(trial, f"the space cannot build this config: {e}")
+        trial.set_user_attr("n_params", model.count_params())
+        reporter = PruningReporter(trial, self.metric)
+        start = time.monotonic()
+        try:
+            fit(
+                model,
+                config,
+                self.data,
+                epochs=self.config.trials.max_epochs,
+                callbacks=[reporter],
+            )
+        finally:
+            _record_run(trial, reporter, time.monotonic() - start, self.config.direction)
+        if STOP.is_set():
+            raise Interrupted(f"the worker was stopped at epoch {len(reporter.history['loss'])}")
+        if reporter.diverged:
+            return _fail(trial, reporter.diverged)
+        values = reporter.history[self.metric]
+        return max(values) if self.config.direction == "maximize" else min(values)
+
+
+def best_epoch(values: list[float], direction: str) -> int:
+    """The 1-based epoch of the best value."""
+    pick = max if direction == "maximize" else min
+    return values.index(pick(values)) + 1
+
+
+def _record_run(trial: optuna.Trial, reporter: PruningReporter, seconds: float, direction: str):
+    values = [v for v in reporter.history[reporter.metric] if math.isfinite(v)]
+    trial.set_user_attr("history", reporter.history)
+    trial.set_user_attr("epochs", len(reporter.history["loss"]))
+    trial.set_user_attr("seconds", round(seconds, 2))
+    if values:
+        trial.set_user_attr("best_epoch", best_epoch(values, direction))
+
+
+def _fail(trial: optuna.Trial, reason: str) -> float:
+    """End the trial as FAIL with its reason recorded (Optuna fails a NaN result)."""
+    trial.set_user_attr("fail_reason", reason)
+    return math.nan
+
+
+def _check_budget(trial: optuna.Trial, n_trials: int) -> None:
+    """Let a trial run only if fewer than `n_trials` trials before it may still count.
+
+    Workers check the budget before asking for a trial, but two may ask at once; the trial
+    numbers decide which of them runs, so finished trials match the budget exactly.
+    """
+    counted = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.RUNNING,
+        optuna.trial.TrialState.WAITING,
+    )
+    trials = trial.study.get_trials(deepcopy=False, states=counted)
+    n_before = sum(t.number < trial.number for t in trials)
+    if n_before >= n_trials:
+        raise BudgetClaimed(
+            f"not run: the {n_trials} trials of the budget were claimed by other workers"
+        )

@@ -1,0 +1,75 @@
+"""Text views of a storage: its studies, one study's trials and its best trial."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.study import StudyError, progress
+
+
+def print_status(storage: optuna.storages.BaseStorage, study_name: str | None = None) -> None:
+    """Print the storage's studies, or one study's trials and best trial."""
+    if study_name is None:
+        studies = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        if not studies:
+            print("no studies in this storage")
+        for summary in studies:
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            definition = study.user_attrs.get("definition", {})
+            n_trials = definition.get("trials", {}).get("n_trials", "?")
+            metric = definition.get("study", {}).get("metric", "value")
+            print(f"{summary.study_name}: {progress(study).line(n_trials, metric)}")
+        return
+    study = _load(study_name, storage)
+    print(f"{'trial':>5}  {'state':<8} {'value':>8} {'epochs':>6} {'seconds':>8}  name / note")
+    for t in study.get_trials(deepcopy=False):
+        value = f"{t.value:.4f}" if t.value is not None else "-"
+        print(
+            f"{t.number:>5}  {t.state.name:<8} {value:>8} {t.user_attrs.get('epochs', '-'):>6}"
+            f" {t.user_attrs.get('seconds', '-'):>8}  {_note(t)}"
+        )
+    print(describe_best(study_name, storage))
+
+
+def describe_best(study_name: str, storage: optuna.storages.BaseStorage) -> str:
+    """A few lines on a study's best trial: value, name, epochs and params."""
+    study = _load(study_name, storage)
+    best = progress(study).best
+    if best is None:
+        return f"study {study_name!r} has no completed trial yet"
+    metric = study.user_attrs.get("metric", "value")
+    lines = [
+        f"best trial of {study_name!r}: #{best.number}"
+        + (f" ({best.user_attrs['baseline']})" if "baseline" in best.user_attrs else ""),
+        f"  {metric} {best.value:.4f} at epoch {best.user_attrs.get('best_epoch', '?')}"
+        f" of {best.user_attrs.get('epochs', '?')}, {best.user_attrs.get('n_params', '?')}"
+        f" parameters, {best.user_attrs.get('seconds', '?')} s",
+        "  params: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()),
+    ]
+    return "\n".join(lines)
+
+
+def _load(study_name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise StudyError(
+            f"no study named {study_name!r} in this storage; studies: {names or 'none'}"
+        ) from None
+
+
+def _note(t: FrozenTrial) -> str:
+    notes = []
+    if "baseline" in t.user_attrs:
+        notes.append(t.user_attrs["baseline"])
+    if "failed_trial" in t.system_attrs:
+        notes.append(f"retry of #{t.system_attrs['failed_trial']}")
+    if t.state == TrialState.FAIL:
+        notes.append(t.user_attrs.get("fail_reason", "worker stopped heartbeating"))
+    return "; ".join(notes)
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,104 @@
+"""The one place that turns a storage URL into an Optuna storage.
+
+SQLite (the default, one machine) gets WAL mode and a generous busy timeout so a few local
+workers and a dashboard never fail with "database is locked". PostgreSQL (many machines)
+gets a small pool per worker, pre-ping (a long trial's idle connection may have been
+dropped) and a connect timeout. Both get heartbeats: a RUNNING trial whose worker stopped
+heartbeating for `grace_period` seconds is failed and retried once with the same params.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import warnings
+from pathlib import Path
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_STORAGE = "sqlite:///runs/search.db"
+MAX_RETRY = 1
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be used; the message names it and why."""
+
+
+def storage_url(url: str | None = None) -> str:
+    """The URL to use: the flag, else `SEARCH_STORAGE`, else the local SQLite file.
+
+    A password kept out of the URL is read from the file `SEARCH_STORAGE_PASSWORD_FILE`
+    names (a compose secret, for instance).
+    """
+    url = url or os.environ.get("SEARCH_STORAGE") or DEFAULT_STORAGE
+    password_file = os.environ.get("SEARCH_STORAGE_PASSWORD_FILE")
+    if password_file and not url.startswith("sqlite"):
+        try:
+            password = Path(password_file).read_text().strip()
+        except OSError as e:
+            raise StorageError(f"SEARCH_STORAGE_PASSWORD_FILE {password_file}: {e}") from None
+        url = make_url(url).set(password=password).render_as_string(hide_password=False)
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def open_storage(
+    url: str | None = None, *, heartbeat_interval: int = 10, grace_period: int = 60
+) -> optuna.storages.RDBStorage:
+    """Open (creating tables if needed) the storage at `url`, with heartbeats and retries."""
+    url = storage_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StorageError(f"storage URL {url!r} is not a database URL ({e})") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine_kwargs = _prepare_sqlite(parsed.database)
+    elif backend == "postgresql":
+        engine_kwargs = {
+            # The heartbeat thread and the trial each hold a connection at times.
+            "pool_size": 2,
+            "max_overflow": 2,
+            "pool_pre_ping": True,
+            "pool_recycle": 1800,
+            "connect_args": {"connect_timeout": 10},
+        }
+    else:
+        raise StorageError(
+            f"storage URL {redact(url)} uses {backend!r}; supported: sqlite, postgresql"
+        )
+    with warnings.catch_warnings():
+        # Heartbeats and their retry callback are marked experimental; we rely on them.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY
+                ),
+            )
+        except ImportError as e:
+            raise StorageError(f"storage URL {redact(url)}: driver missing ({e})") from None
+
+
+def _prepare_sqlite(database: str | None) -> dict:
+    if not database or database == ":memory:":
+        raise StorageError("an SQLite storage must be a file: sqlite:///PATH")
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # WAL lets readers (status, dashboard) work beside writers; it persists in the file.
+    with sqlite3.connect(path, timeout=60) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    return {"connect_args": {"timeout": 60}}

@@ -1,0 +1,185 @@
+"""Studies in a storage: created once from a validated definition, loaded by name anywhere.
+
+A study records its definition (space, data, budget, sampler, pruner) in its user
+attributes, so a worker on another machine needs only the study name and the storage URL,
+and the dashboard alone tells what a study is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from search import __version__
+from search.config import ConfigError, StudyConfig, from_dict
+
+DEFINITION_ATTR = "definition"
+# Budget keys may change between runs of one study; anything else makes it another study.
+BUDGET_KEYS = ("n_trials", "timeout_minutes")
+
+
+class StudyError(ValueError):
+    """A study that is missing, or does not match the definition given for it."""
+
+
+def make_sampler(config: StudyConfig, *, worker_index: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per worker so parallel workers don't repeat each other."""
+    seed = config.study.seed + worker_index
+    if config.trials.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: a running trial counts as a poor result, steering others elsewhere.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """The study's pruner; its resource is the number of epochs trained."""
+    max_epochs = config.trials.max_epochs
+    name = config.trials.pruner
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=max_epochs, reduction_factor=3
+        )
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def create_study(
+    config: StudyConfig, storage: optuna.storages.BaseStorage, baselines: dict[str, dict]
+) -> tuple[optuna.Study, bool]:
+    """Create the study (or check an existing one against `config`).
+
+    `baselines` maps a baseline name to its params; they are enqueued once, when the
+    study is created, if the definition asks for it. Returns the study and whether it
+    was created now. A changed budget is recorded; any other difference is an error.
+    """
+    try:
+        study = optuna.create_study(
+            study_name=config.name,
+            storage=storage,
+            direction=config.direction,
+            load_if_exists=False,
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=config.name, storage=storage)
+        _check_same_study(study, config)
+        study.set_user_attr(DEFINITION_ATTR, config.to_dict())
+        return study, False
+    if config.trials.enqueue_baselines:
+        for name, params in baselines.items():
+            study.enqueue_trial(params, user_attrs={"baseline": name})
+    study.set_user_attr("space", config.study.space)
+    study.set_user_attr("dataset", config.data.dataset)
+    study.set_user_attr("metric", config.study.metric)
+    study.set_user_attr("sampler", _describe_sampler(config))
+    study.set_user_attr("pruner", _describe_pruner(config))
+    study.set_user_attr("search_version", __version__)
+    # Written last: a worker that sees the definition sees a complete study.
+    study.set_user_attr(DEFINITION_ATTR, config.to_dict())
+    return study, True
+
+
+def load_definition(
+    study_name: str, storage: optuna.storages.BaseStorage, *, wait_seconds: float = 30
+) -> StudyConfig:
+    """The definition a study was created with, waiting briefly for one being created."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            raise StudyError(
+                f"no study named {study_name!r} in this storage; studies: {names or 'none'}"
+            ) from None
+        definition = study.user_attrs.get(DEFINITION_ATTR)
+        if definition is not None:
+            try:
+                return from_dict(definition, source=f"study {study_name!r} in the storage")
+            except ConfigError as e:
+                raise StudyError(str(e)) from None
+        if time.monotonic() > deadline:
+            raise StudyError(
+                f"study {study_name!r} has no recorded definition; it was not created by"
+                " `search create` or `search run`"
+            )
+        time.sleep(1)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A study's trials counted by state, and its best trial so far."""
+
+    counts: Counter
+    best: optuna.trial.FrozenTrial | None
+
+    @property
+    def finished(self) -> int:
+        """Trials that count toward the budget."""
+        return self.counts[TrialState.COMPLETE] + self.counts[TrialState.PRUNED]
+
+    def line(self, n_trials: int, metric: str) -> str:
+        c = self.counts
+        text = (
+            f"{self.finished}/{n_trials} trials done ({c[TrialState.COMPLETE]} complete,"
+            f" {c[TrialState.PRUNED]} pruned, {c[TrialState.FAIL]} failed),"
+            f" {c[TrialState.RUNNING]} running"
+        )
+        if self.best is not None:
+            text += f" | best {metric} {self.best.value:.4f} (trial {self.best.number}"
+            baseline = self.best.user_attrs.get("baseline")
+            text += f", {baseline})" if baseline else ")"
+        return text
+
+
+def progress(study: optuna.Study) -> Progress:
+    """Count a study's trials by state and find its best trial."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    best = pick(complete, key=lambda t: t.value) if complete else None
+    return Progress(Counter(t.state for t in trials), best)
+
+
+def _check_same_study(study: optuna.Study, config: StudyConfig) -> None:
+    stored = study.user_attrs.get(DEFINITION_ATTR)
+    if stored is None:
+        raise StudyError(
+            f"study {config.name!r} exists but was not created by search (no definition);"
+            " pick another [study] name"
+        )
+    new = config.to_dict()
+    for section, table in new.items():
+        for key, value in table.items():
+            old = stored.get(section, {}).get(key)
+            if key not in BUDGET_KEYS and old != value:
+                raise StudyError(
+                    f"study {config.name!r} exists with [{section}] {key} = {old!r}, but the"
+                    f" definition now says {value!r}; only the budget ({', '.join(BUDGET_KEYS)})"
+                    " may change: pick a new [study] name for a different study"
+                )
+
+
+def _describe_sampler(config: StudyConfig) -> str:
+    seed = f"seed={config.study.seed} + worker index"
+    if config.trials.sampler == "random":
+        return f"RandomSampler({seed})"
+    return f"TPESampler({seed}, constant_liar=True)"
+
+
+def _describe_pruner(config: StudyConfig) -> str:
+    return {
+        "hyperband": (
+            f"HyperbandPruner(min_resource=1, max_resource={config.trials.max_epochs},"
+            " reduction_factor=3)"
+        ),
+        "successive_halving": "SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)",
+        "median": "MedianPruner(n_startup_trials=5, n_warmup_steps=1)",
+        "none": "NopPruner()",
+    }[config.trials.pruner]

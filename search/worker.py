@@ -1,0 +1,217 @@
+"""Worker processes: one runs trials until the budget is spent; a supervisor runs N of them.
+
+A worker is a plain process running `search worker`, the same command docker-compose and
+other machines run, so the local and the distributed setups share one code path.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import StudyConfig
+from search.study import load_definition, make_pruner, make_sampler, progress
+
+# Seconds between a supervisor's looks at the study (progress, reaping stale trials).
+POLL_SECONDS = 5.0
+# Seconds a worker waits for others' last trials (and reaps stale ones) before looking again.
+TAIL_WAIT_SECONDS = 2.0
+EXIT_CONFIG_ERROR = 2
+
+
+class WorkerError(RuntimeError):
+    """A worker that should stop with an error the user must look at."""
+
+
+def configure_threads(n_threads: int) -> None:
+    """Limit TensorFlow's threads; must run before TensorFlow starts its runtime."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(n_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(n_threads, 2))
+
+
+def run_worker(
+    study_name: str,
+    storage: optuna.storages.BaseStorage,
+    *,
+    worker_index: int,
+    data_dir: str | None = None,
+    max_trials: int | None = None,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Run trials of a study until its budget is spent, its time is up or `max_trials` ran.
+
+    Returns the number of trials this worker ran.
+    """
+    from search.data import load_dataset
+    from search.objective import STOP, Interrupted, Objective
+    from spaces import load_space
+
+    config = load_definition(study_name, storage)
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=make_sampler(config, worker_index=worker_index),
+        pruner=make_pruner(config),
+    )
+    start = time.monotonic()
+    data = _load_data(config, data_dir, load_dataset)
+    log(
+        f"worker {worker_index}: {config.data.dataset} loaded in {time.monotonic() - start:.1f}s"
+        f" ({len(data.train)} train, {len(data.val)} validation images)"
+    )
+    objective = Objective(config, load_space(config.study.space), data)
+    timeout = config.trials.timeout_minutes
+    deadline = start + timeout * 60 if timeout else None
+    n_run = 0
+    while (max_trials is None or n_run < max_trials) and not STOP.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            log(f"worker {worker_index}: timeout of {timeout} minutes reached")
+            break
+        state = progress(study)
+        if state.finished >= config.trials.n_trials:
+            break
+        if state.counts[TrialState.FAIL] > max(10, config.trials.n_trials):
+            raise WorkerError(
+                f"study {study_name!r} has {state.counts[TrialState.FAIL]} failed trials, more"
+                " than its budget: see the trials' fail_reason (search status)"
+            )
+        claimed = state.finished + state.counts[TrialState.RUNNING]
+        if state.counts[TrialState.WAITING] == 0 and claimed >= config.trials.n_trials:
+            # Every remaining trial is running elsewhere: wait, and fail those whose worker
+            # died so their retries come back as WAITING trials for us.
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(TAIL_WAIT_SECONDS)
+            continue
+        try:
+            study.optimize(objective, n_trials=1)
+        except Interrupted:
+            _retry_interrupted(study, objective)
+            raise
+        n_run += 1
+    summary = progress(study).line(config.trials.n_trials, config.study.metric)
+    log(f"worker {worker_index}: ran {n_run} trials; {summary}")
+    return n_run
+
+
+def _load_data(config: StudyConfig, data_dir: str | None, load_dataset: Callable):
+    d = config.data
+    return load_dataset(
+        d.dataset,
+        validation_split=d.validation_split,
+        split_seed=d.split_seed,
+        train_subset=d.train_subset,
+        validation_subset=d.validation_subset,
+        data_dir=data_dir,
+    )
+
+
+def _retry_interrupted(study: optuna.Study, objective) -> None:
+    """Queue the interrupted trial again with the same params, so stopping loses nothing."""
+    frozen = study._storage.get_trial(objective.last_trial_id)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, frozen)
+
+
+def supervise(
+    config: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    *,
+    worker_args: list[str],
+    n_workers: int,
+    log_dir: Path,
+    max_restarts: int = 3,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Run `n_workers` worker processes until the budget is spent; return an exit code.
+
+    Shows progress, fails stale trials (a reaper, so a study whose workers all died still
+    recovers), restarts crashed workers up to `max_restarts` times each and recycles
+    workers that exit after their `--max-trials-per-process`.
+    """
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    n_trials = config.trials.n_trials
+    timeout = config.trials.timeout_minutes
+    deadline = time.monotonic() + timeout * 60 if timeout else None
+    procs = {i: _start_worker(worker_args, i, log_dir) for i in range(n_workers)}
+    out(f"started {n_workers} workers; their logs: {log_dir}/worker-*.log")
+    restarts = dict.fromkeys(procs, 0)
+    gave_up = False
+    last_line = ""
+    try:
+        while procs:
+            optuna.storages.fail_stale_trials(study)
+            state = progress(study)
+            line = state.line(n_trials, config.study.metric)
+            if line != last_line:
+                out(f"[{time.strftime('%H:%M:%S')}] {line}")
+                last_line = line
+            spent = state.finished >= n_trials or (
+                deadline is not None and time.monotonic() >= deadline
+            )
+            for i, proc in list(procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                if spent or code == EXIT_CONFIG_ERROR:
+                    del procs[i]
+                    gave_up |= code != 0
+                    continue
+                if code != 0:
+                    restarts[i] += 1
+                    if restarts[i] > max_restarts:
+                        out(
+                            f"worker {i} failed {restarts[i]} times (exit {code}); giving up on it"
+                        )
+                        del procs[i]
+                        gave_up = True
+                        continue
+                    out(
+                        f"worker {i} exited with {code};"
+                        f" restarting it ({restarts[i]}/{max_restarts})"
+                    )
+                procs[i] = _start_worker(worker_args, i, log_dir)
+            if procs:
+                time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        out("stopping workers (their running trials are failed and queued again)...")
+        _stop(procs.values())
+        return 130
+    state = progress(study)
+    out(f"[{time.strftime('%H:%M:%S')}] {state.line(n_trials, config.study.metric)}")
+    return 1 if gave_up and state.finished < n_trials else 0
+
+
+def _start_worker(worker_args: list[str], index: int, log_dir: Path) -> subprocess.Popen:
+    log = open(log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 (the child owns it)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "worker", *worker_args, "--worker-index", str(index)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+def _stop(procs, timeout: float = 60.0) -> None:
+    """SIGTERM the workers (each fails and requeues its trial), then SIGKILL stragglers."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

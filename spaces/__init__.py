@@ -1,0 +1,89 @@
+"""Search spaces: one module per model family.
+
+A space module has `suggest(trial) -> dict` (define-by-run, returns a plain JSON-able
+config that includes its training settings), `build(config, input_shape, num_classes)`
+(a compiled keras.Model; never sees a trial), `to_params(config)` (the Optuna params
+that make `suggest` return that config) and `BASELINES` (the notebook's models as
+configs). Training settings every space shares: `optimizer`, `learning_rate`,
+`schedule` and `batch_size`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+SPACES = ("dense", "conv")
+REQUIRED = ("suggest", "build", "to_params", "BASELINES")
+
+
+class SpaceError(ValueError):
+    """A space name that does not resolve to a usable space module."""
+
+
+def load_space(name: str) -> ModuleType:
+    """Import a space by short name ("conv") or dotted module path ("mypkg.myspace")."""
+    module_name = f"spaces.{name}" if "." not in name else name
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            raise SpaceError(
+                f"space is {name!r}, but no module {module_name} exists; built-in spaces:"
+                f" {', '.join(SPACES)}, or a dotted module path"
+            ) from e
+        raise
+    missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
+    if missing:
+        raise SpaceError(f"space {name!r} ({module.__file__}) lacks {', '.join(missing)}")
+    return module
+
+
+def compile_model(model: Any, config: dict[str, Any]) -> Any:
+    """Compile with the config's optimizer and learning rate, for integer labels."""
+    import keras
+
+    optimizers = {
+        "adam": lambda lr: keras.optimizers.Adam(learning_rate=lr),
+        "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True),
+        "rmsprop": lambda lr: keras.optimizers.RMSprop(learning_rate=lr),
+    }
+    if config["optimizer"] not in optimizers:
+        raise ValueError(
+            f"optimizer is {config['optimizer']!r}, but must be one of {sorted(optimizers)}"
+        )
+    model.compile(
+        optimizer=optimizers[config["optimizer"]](config["learning_rate"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def suggest_schedule(trial: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """Suggest a learning-rate schedule; `search.training` applies it per epoch."""
+    name = trial.suggest_categorical("schedule", list(names))
+    if name == "step":
+        return {
+            "name": "step",
+            "every": trial.suggest_int("step_every", 2, 15),
+            "factor": trial.suggest_float("step_factor", 0.1, 0.5),
+        }
+    if name == "plateau":
+        return {
+            "name": "plateau",
+            "patience": trial.suggest_int("plateau_patience", 1, 5),
+            "factor": trial.suggest_float("plateau_factor", 0.1, 0.5),
+        }
+    return {"name": name}
+
+
+def schedule_params(schedule: dict[str, Any]) -> dict[str, Any]:
+    """The params `suggest_schedule` takes to return `schedule`."""
+    params: dict[str, Any] = {"schedule": schedule["name"]}
+    if schedule["name"] == "step":
+        params |= {"step_every": schedule["every"], "step_factor": schedule["factor"]}
+    if schedule["name"] == "plateau":
+        params |= {"plateau_patience": schedule["patience"], "plateau_factor": schedule["factor"]}
+    return params

@@ -1,0 +1,139 @@
+"""Real studies: 2 worker processes on a temporary SQLite file over a small subset."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+from conftest import cli_env, run_search, search_cmd
+from optuna.trial import TrialState
+
+from search.storage import open_storage
+
+pytestmark = pytest.mark.slow
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+DONE = {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+def _trials(storage_url: str, name: str = "t"):
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=4)
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def _wait_for_trial_mid_training(storage_url: str, proc, *, timeout: float = 180):
+    """The first RUNNING trial that has trained an epoch but still has epochs to go."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            for t in _trials(storage_url):
+                if t.state == TrialState.RUNNING and len(t.intermediate_values) == 1:
+                    return t
+        except KeyError:  # the study does not exist yet
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no trial mid-training within {timeout}s")
+
+
+def _assert_budget_exact(trials, n_trials: int) -> None:
+    # No trial is left RUNNING or WAITING, numbers are 0..N-1, and the budget is exact.
+    assert {t.state for t in trials} <= DONE | {TrialState.FAIL}
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert sum(t.state in DONE for t in trials) == n_trials
+    # Every failure says why.
+    assert all(
+        "fail_reason" in t.user_attrs or t.number in _retried(trials)
+        for t in trials
+        if t.state == TrialState.FAIL
+    )
+
+
+def _retried(trials) -> set[int]:
+    return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+
+
+def test_two_workers_run_a_pruned_study_to_its_budget(tmp_path, write_study):
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = write_study(n_trials=14, max_epochs=5, pruner="median")
+    result = run_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = _trials(storage)
+    _assert_budget_exact(trials, 14)
+    assert not [t for t in trials if t.state == TrialState.FAIL]
+    # The pruner stopped some trials early; their reports stop at the epoch they were pruned.
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and all(len(t.intermediate_values) < 5 for t in pruned)
+    # Two processes shared the work.
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    # Live progress and the best trial are shown.
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert "14/14 trials done" in result.stdout
+    assert f"best trial of 't': #{best.number}" in result.stdout
+    assert f"val_accuracy {best.value:.4f}" in result.stdout
+    # status shows the same study.
+    status = run_search("status", "t", "--storage", storage, cwd=tmp_path)
+    assert status.returncode == 0 and f"best trial of 't': #{best.number}" in status.stdout
+
+
+def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path, write_study):
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = write_study(n_trials=8, max_epochs=6, train_subset=6000, pruner="none")
+    proc = subprocess.Popen(
+        search_cmd("run", study, "--workers", "2", "--storage", storage),
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    victim = _wait_for_trial_mid_training(storage, proc)
+    os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGKILL)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    trials = _trials(storage)
+    _assert_budget_exact(trials, 8)
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    # Retried exactly once, with the same parameters, and the retry finished.
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1
+    assert retries[0].params == victim.params and retries[0].state in DONE
+    # The supervisor replaced the dead worker.
+    assert "exited with -9; restarting it" in output
+
+
+def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = write_study(n_trials=6, max_epochs=6, train_subset=6000, pruner="none")
+    proc = subprocess.Popen(
+        search_cmd("run", study, "--workers", "2", "--storage", storage),
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    victim = _wait_for_trial_mid_training(storage, proc)
+    # What a terminal does on Ctrl-C: SIGINT to the whole foreground process group.
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    trials = _trials(storage)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = trials[victim.number]
+    assert interrupted.state == TrialState.FAIL
+    assert interrupted.user_attrs["fail_reason"].startswith("Interrupted")
+    # The interrupted trial waits in the queue with its params, and resuming runs it.
+    queued = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(queued) == 1 and queued[0].state == TrialState.WAITING
+    result = run_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming study 't'" in result.stdout
+    trials = _trials(storage)
+    _assert_budget_exact(trials, 6)
+    assert trials[queued[0].number].state in DONE
+    assert trials[queued[0].number].params == victim.params

@@ -1,0 +1,97 @@
+"""Spaces: define-by-run suggest, FixedTrial round trips, and the notebook's baselines."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import optuna
+import pytest
+
+from spaces import SpaceError, conv, dense, load_space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# The notebook's parameter counts (shared/seed-models.md).
+PARAM_COUNTS = {
+    (dense, "model_0"): 101_770,
+    (dense, "model_1"): 337_674,
+    (dense, "model_2"): 535_818,
+    (dense, "model_3"): 535_818,
+    (dense, "model_4"): 1_462_538,
+    (dense, "model_5"): 535_818,
+    (dense, "model_6"): 535_818,
+    (dense, "model_7"): 1_462_538,
+    (conv, "model_a"): 693_962,
+    (conv, "model_b"): 241_546,
+    (conv, "model_c"): 422_026,
+    (conv, "model_d"): 242_954,
+}
+
+
+@pytest.mark.parametrize(("space", "name"), list(PARAM_COUNTS), ids=[n for _, n in PARAM_COUNTS])
+def test_baseline_has_the_notebooks_parameter_count(space, name):
+    model = space.build(space.BASELINES[name], (28, 28, 1), 10)
+    assert model.count_params() == PARAM_COUNTS[(space, name)]
+
+
+def test_model_d_has_the_notebooks_non_trainable_parameters():
+    model = conv.build(conv.BASELINES["model_d"], (28, 28, 1), 10)
+    # Batch-norm moving statistics: 2 x (32 + 64 + 128 + 128).
+    assert sum(int(keras.ops.size(w)) for w in model.non_trainable_weights) == 704
+
+
+@pytest.mark.parametrize("space", [dense, conv], ids=["dense", "conv"])
+def test_every_baseline_is_a_point_the_space_can_produce(space):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for name, config in space.BASELINES.items():
+        study.enqueue_trial(space.to_params(config), user_attrs={"baseline": name})
+    for name, config in space.BASELINES.items():
+        trial = study.ask()
+        # An enqueued point comes back as the same config...
+        assert space.suggest(trial) == config, name
+        # ...and every value lies inside the distribution suggest declared for it.
+        for key, value in trial.params.items():
+            dist = trial.distributions[key]
+            assert dist._contains(dist.to_internal_repr(value)), (name, key, value)
+        study.tell(trial, 0.5)
+
+
+@pytest.mark.parametrize("space", [dense, conv], ids=["dense", "conv"])
+def test_suggested_configs_round_trip_and_build(space):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(12):
+        trial = study.ask()
+        config = space.suggest(trial)
+        # Plain data: survives JSON unchanged (it is stored and exported as JSON).
+        assert json.loads(json.dumps(config)) == config
+        # A stored trial's params give back its config, and the config gives its params.
+        assert space.suggest(optuna.trial.FixedTrial(trial.params)) == config
+        assert space.to_params(config) == trial.params
+        # Every point of the space builds on Fashion-MNIST's 28x28 images.
+        model = space.build(config, (28, 28, 1), 10)
+        assert model.output_shape == (None, 10)
+        study.tell(trial, 0.5)
+        keras.backend.clear_session()
+
+
+def test_conv_config_too_deep_for_valid_padding_still_builds():
+    config = conv.BASELINES["model_c"] | {"padding": "valid", "kernel_size": 5}
+    model = conv.build(config, (28, 28, 1), 10)
+    assert model.output_shape == (None, 10)
+
+
+def test_build_takes_other_image_sizes_and_classes():
+    model = conv.build(conv.BASELINES["model_d"], (32, 32, 3), 4)
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.output_shape == (None, 4)
+
+
+def test_unknown_space_names_the_value_and_the_choices():
+    with pytest.raises(SpaceError, match="space is 'resnet'.*dense, conv"):
+        load_space("resnet")
+
+
+def test_space_module_without_the_interface_is_rejected():
+    with pytest.raises(SpaceError, match="lacks suggest, build, to_params, BASELINES"):
+        load_space("json.decoder")
