@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 
-from search.config import ConfigError, StudyConfig, load_config
+from search.config import ConfigError, StudyConfig, check_space_options, load_config
 from search.data import DataError
 from search.storage import StorageError, open_storage, redact, storage_url
 from search.study import StudyError
@@ -119,6 +119,7 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object]:
         n_trials=args.n_trials, timeout_minutes=args.timeout_minutes
     )
     space = load_space(config.study.space)
+    check_space_options(config, space, source=args.study_file)
     try:
         baselines = {name: space.to_params(c) for name, c in space.BASELINES.items()}
     except (KeyError, TypeError, ValueError) as e:

@@ -7,7 +7,7 @@ rule, and is raised before anything touches a storage.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class StudyConfig:
     study: StudySection
     data: DataSection
     trials: TrialsSection
+    # Fixed settings of the space (its OPTIONS), not searched: e.g. pretrained weights.
+    space: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -79,6 +81,21 @@ class StudyConfig:
         if timeout_minutes is not None:
             trials["timeout_minutes"] = timeout_minutes
         return from_dict({**self.to_dict(), "trials": trials}, source="the command line")
+
+    def space_config(self, space: Any, suggested: dict[str, Any]) -> dict[str, Any]:
+        """A suggested config with the space's fixed OPTIONS (study values over defaults)."""
+        return {**suggested, **getattr(space, "OPTIONS", {}), **self.space}
+
+
+def check_space_options(config: StudyConfig, space: Any, *, source: str) -> None:
+    """Every [space] key must be one of the space's OPTIONS."""
+    allowed = getattr(space, "OPTIONS", {})
+    for key in config.space:
+        if key not in allowed:
+            raise ConfigError(
+                f"{source}: unknown key [space] {key}; space {config.study.space!r} takes"
+                f" {', '.join(allowed) or 'no options'}"
+            )
 
 
 def _positive(v: float) -> str | None:
@@ -153,18 +170,22 @@ def load_config(path: str | Path) -> StudyConfig:
 
 def from_dict(raw: dict[str, Any], *, source: str) -> StudyConfig:
     """Validate a definition given as plain data (a parsed TOML file or a stored one)."""
-    unknown = sorted(set(raw) - set(_SCHEMA))
+    unknown = sorted(set(raw) - set(_SCHEMA) - {"space"})
     if unknown:
         raise ConfigError(
-            f"{source}: unknown section [{unknown[0]}]; sections are {', '.join(_SCHEMA)}"
+            f"{source}: unknown section [{unknown[0]}]; sections are"
+            f" {', '.join(_SCHEMA)} and space"
         )
+    space_options = raw.get("space", {})
+    if not isinstance(space_options, dict):
+        raise ConfigError(f"{source}: [space] must be a table of the space's OPTIONS")
     sections = {}
     for section, cls in _SECTIONS.items():
         table = raw.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
         sections[section] = cls(**_validate_table(source, section, table, cls))
-    config = StudyConfig(**sections)
+    config = StudyConfig(**sections, space=dict(space_options))
     if config.data.train_subset is not None and config.data.train_subset < 10:
         raise ConfigError(f"{source}: [data] train_subset is too small to stratify; use >= 10")
     if config.trials.grace_period <= config.trials.heartbeat_interval:

@@ -104,7 +104,7 @@ class Objective:
         seed = self.config.study.seed + trial.number
         trial.set_user_attr("seed", seed)
         keras.utils.set_random_seed(seed)
-        config = self.space.suggest(trial)
+        config = self.config.space_config(self.space, self.space.suggest(trial))
         try:
             model = self.space.build(config, self.data.input_shape, self.data.num_classes)
         except ValueError as e:
