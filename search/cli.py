@@ -17,12 +17,13 @@ from pathlib import Path
 import optuna
 
 from search.config import ConfigError, StudyConfig, check_space_options, load_config
+from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, serve_dashboard
 from search.data import DataError
 from search.storage import StorageError, open_storage, redact, storage_url
 from search.study import StudyError
 from spaces import SpaceError
 
-USER_ERRORS = (ConfigError, DataError, SpaceError, StorageError, StudyError)
+USER_ERRORS = (ConfigError, DashboardError, DataError, SpaceError, StorageError, StudyError)
 RUNS_DIR = Path("runs")
 
 
@@ -76,8 +77,23 @@ def _parser() -> argparse.ArgumentParser:
     p = command("status", _status, "List the studies, or one study's trials and best trial.")
     p.add_argument("study_name", metavar="STUDY_NAME", nargs="?")
 
+    p = command("dashboard", _dashboard, "Serve optuna-dashboard over the storage (Ctrl-C stops).")
+    p.add_argument("study_file", metavar="STUDY.toml", nargs="?", help="print this study's page")
+    p.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on ({DEFAULT_HOST}: this machine only; the dashboard has no"
+        " authentication)",
+    )
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT}; 0: any free port)"
+    )
+
     p = command("reap", _reap, "Fail trials whose worker stopped heartbeating; retry them.")
-    p.add_argument("study_name", metavar="STUDY_NAME", nargs="?")
+    p.add_argument("study_name", metavar="STUDY_NAME", nargs="?", help="default: all studies")
+    p.add_argument(
+        "--every", type=float, metavar="SECONDS", help="keep reaping at this period until stopped"
+    )
     return parser
 
 
@@ -225,22 +241,46 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    study_name = load_config(args.study_file).name if args.study_file else None
+    serve_dashboard(
+        _open(args),
+        host=args.host,
+        port=args.port,
+        study_name=study_name,
+        storage_description=redact(storage_url(args.storage)),
+    )
+    return 0
+
+
 def _reap(args: argparse.Namespace) -> int:
+    import time
+
     import optuna
 
     from search.study import load_definition
 
     storage = _open(args)
     names = [args.study_name] if args.study_name else storage_study_names(storage)
-    for name in names:
-        config = load_definition(name, storage)
-        storage = _open(args, config)
-        study = optuna.load_study(study_name=name, storage=storage)
-        before = {t.number for t in study.get_trials(deepcopy=False)}
-        optuna.storages.fail_stale_trials(study)
-        retried = [t.number for t in study.get_trials(deepcopy=False) if t.number not in before]
-        print(f"{name}: {len(retried)} stale trials failed and queued again {retried or ''}")
-    return 0
+    # Each study's own grace period decides when its trials count as stale.
+    studies = [
+        optuna.load_study(study_name=name, storage=_open(args, load_definition(name, storage)))
+        for name in names
+    ]
+    while True:
+        for study in studies:
+            before = len(study.get_trials(deepcopy=False))
+            optuna.storages.fail_stale_trials(study)
+            retried = [t.number for t in study.get_trials(deepcopy=False)[before:]]
+            if retried or not args.every:
+                print(
+                    f"{study.study_name}: {len(retried)} stale trials failed and queued again"
+                    + (f" as {retried}" if retried else ""),
+                    flush=True,
+                )
+        if not args.every:
+            return 0
+        time.sleep(args.every)
 
 
 def storage_study_names(storage) -> list[str]:

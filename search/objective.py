@@ -9,9 +9,11 @@ from __future__ import annotations
 import gc
 import math
 import os
+import resource
 import socket
 import threading
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -105,6 +107,11 @@ class Objective:
         trial.set_user_attr("seed", seed)
         keras.utils.set_random_seed(seed)
         config = self.config.space_config(self.space, self.space.suggest(trial))
+        # A space may say why a config's results would mislead (e.g. a backbone without
+        # its pretrained weights); the warning stays with the trial's results.
+        warning = getattr(self.space, "warning", None)
+        if warning is not None and (message := warning(config)):
+            trial.set_user_attr("warning", message)
         try:
             model = self.space.build(config, self.data.input_shape, self.data.num_classes)
         except ValueError as e:
@@ -141,8 +148,20 @@ def _record_run(trial: optuna.Trial, reporter: PruningReporter, seconds: float, 
     trial.set_user_attr("history", reporter.history)
     trial.set_user_attr("epochs", len(reporter.history["loss"]))
     trial.set_user_attr("seconds", round(seconds, 2))
+    # The worker's memory after the trial: creep across trials shows here (and on the
+    # dashboard), which is what --max-trials-per-process bounds.
+    trial.set_user_attr("worker_rss_mb", round(resident_mb(), 1))
     if values:
         trial.set_user_attr("best_epoch", best_epoch(values, direction))
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MiB (peak RSS where /proc is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _fail(trial: optuna.Trial, reason: str) -> float:

@@ -176,6 +176,15 @@ def test_worker_scales_after_create(config: dict[str, Any]) -> None:
     assert environment(worker)["SEARCH_THREADS"] == "1"
 
 
+def test_reaper_fails_dead_workers_trials(config: dict[str, Any]) -> None:
+    """`reaper` keeps reaping stale trials, so a study recovers even if every worker died."""
+    reaper = services(config)["reaper"]
+    # Rule: reaper runs `search reap --every SECONDS` over all studies.
+    assert argv(reaper)[:3] == ["search", "reap", "--every"]
+    # Rule: reaper starts once the study exists.
+    assert reaper["depends_on"]["create"]["condition"] == "service_completed_successfully"
+
+
 def test_dashboard_listens_on_all_container_interfaces(config: dict[str, Any]) -> None:
     """Inside its container the dashboard must listen on 0.0.0.0 for the published port."""
     # Rule: dashboard runs `search dashboard --host 0.0.0.0 --port 8080`.

@@ -1,0 +1,153 @@
+"""The compose topology for real, without Docker: PostgreSQL, `search create`, 4 workers and
+a reaper, with 2 workers SIGKILLed mid-trial and the database restarted once."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+from conftest import cli_env, run_search, search_cmd
+from optuna.trial import TrialState
+from pgserver import PostgresServer
+
+from search.storage import open_storage
+
+pytestmark = pytest.mark.slow
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+GRACE, REAP_EVERY = 5, 2
+DONE = {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+class Fleet:
+    """Worker processes restarted when they fail, like compose's `restart: on-failure`."""
+
+    def __init__(self, url: str, cwd, logs) -> None:
+        self.url, self.cwd, self.logs = url, cwd, logs
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.n_restarts = 0
+
+    def start(self, index: int) -> None:
+        log = open(self.logs / f"worker-{index}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+        cmd = search_cmd(
+            "worker",
+            "--study-name",
+            "t",
+            "--storage",
+            self.url,
+            "--threads",
+            "1",
+            "--worker-index",
+            str(index),
+        )
+        self.procs[index] = subprocess.Popen(
+            cmd, cwd=self.cwd, env=cli_env(), stdout=log, stderr=subprocess.STDOUT
+        )
+
+    def pid_of(self, index: int) -> int:
+        return self.procs[index].pid
+
+    def tend(self) -> bool:
+        """Restart failed workers; True while any worker still runs."""
+        running = False
+        for index, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is None:
+                running = True
+            elif code != 0:
+                self.n_restarts += 1
+                assert self.n_restarts <= 12, "workers keep failing: see the logs"
+                self.start(index)
+                running = True
+        return running
+
+
+def _trials(url: str):
+    storage = open_storage(url, heartbeat_interval=1, grace_period=GRACE)
+    try:
+        return optuna.load_study(study_name="t", storage=storage).get_trials(deepcopy=False)
+    finally:
+        storage.engine.dispose()
+
+
+def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with PostgresServer() as pg:
+        study = write_study(
+            n_trials=24,
+            max_epochs=4,
+            train_subset=3000,
+            pruner="median",
+            heartbeat_interval=1,
+            grace_period=GRACE,
+        )
+        created = run_search("create", study, "--storage", pg.url, cwd=tmp_path)
+        assert created.returncode == 0, created.stderr
+        # `create` is idempotent: compose may run it again on every `up`.
+        assert run_search("create", study, "--storage", pg.url, cwd=tmp_path).returncode == 0
+        reaper = subprocess.Popen(
+            search_cmd("reap", "--every", str(REAP_EVERY), "--storage", pg.url),
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        fleet = Fleet(pg.url, tmp_path, logs)
+        for index in range(4):
+            fleet.start(index)
+        killed: dict[int, tuple[datetime.datetime, dict]] = {}
+        restarted_db = False
+        deadline = time.monotonic() + 600
+        while fleet.tend():
+            assert time.monotonic() < deadline, "the study did not finish in 10 minutes"
+            trials = _trials(pg.url)
+            if len(killed) < 2:
+                # Kill a worker that is in the middle of a trial, and start its replacement.
+                for t in trials:
+                    pid = int(t.user_attrs.get("worker", "x:0").split(":")[1])
+                    mid = t.state == TrialState.RUNNING and len(t.intermediate_values) == 1
+                    index = next((i for i, p in fleet.procs.items() if p.pid == pid), None)
+                    if mid and index is not None and t.number not in killed:
+                        os.kill(pid, signal.SIGKILL)
+                        fleet.procs[index].wait()
+                        killed[t.number] = (datetime.datetime.now(), t.params)
+                        fleet.start(index)
+                        break
+            elif not restarted_db:
+                pg.restart()
+                restarted_db = True
+            time.sleep(0.2)
+        reaper.send_signal(signal.SIGINT)
+        reaper_output = reaper.communicate(timeout=30)[0]
+        trials = _trials(pg.url)
+
+    worker_logs = "\n".join(p.read_text() for p in logs.iterdir())
+    print(f"worker restarts after failures: {fleet.n_restarts}")
+    assert restarted_db and len(killed) == 2, worker_logs
+    # Every trial ended; none is left RUNNING or WAITING; numbers are exactly 0..N-1.
+    assert {t.state for t in trials} <= DONE | {TrialState.FAIL}, worker_logs
+    assert [t.number for t in trials] == list(range(len(trials)))
+    # The budget is exact: 24 trials COMPLETE or PRUNED, none counted twice.
+    assert sum(t.state in DONE for t in trials) == 24
+    retried = {
+        t.system_attrs["failed_trial"]: t for t in trials if "failed_trial" in t.system_attrs
+    }
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            # A failure has a recorded reason, or is a dead worker's trial that was retried.
+            assert "fail_reason" in t.user_attrs or t.number in retried, t
+    for number, (killed_at, params) in killed.items():
+        dead = trials[number]
+        # Failed within the grace period plus the reaper's period (and a little slack).
+        assert dead.state == TrialState.FAIL
+        assert (dead.datetime_complete - killed_at).total_seconds() <= GRACE + REAP_EVERY + 3
+        # ...and retried once, with the same parameters, to the end.
+        assert retried[number].params == params and retried[number].state in DONE
+        assert sum(t.system_attrs.get("failed_trial") == number for t in trials) == 1
+    assert "stale trials failed and queued again" in reaper_output
