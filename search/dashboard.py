@@ -18,7 +18,7 @@ import optuna_dashboard
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-PROXY_SECTION = 'README.md, "The dashboard on another machine"'
+PROXY_SECTION = 'README.md, section "The dashboard beyond this machine"'
 
 
 class DashboardError(ValueError):
@@ -36,27 +36,16 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def make_dashboard_server(
-    storage: optuna.storages.BaseStorage, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
-) -> WSGIServer:
-    """Bind optuna-dashboard over `storage` to host:port (0: a free port), not yet serving."""
-    app = optuna_dashboard.wsgi(storage)
-    try:
-        return make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
-    except (OSError, OverflowError) as e:
-        raise DashboardError(f"cannot listen on {host}:{port} ({e})") from None
-
-
 def serve_dashboard(
     storage: optuna.storages.BaseStorage,
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     study_name: str | None = None,
-    storage_description: str = "",
+    storage_description: str,
 ) -> None:
     """Serve the dashboard until Ctrl-C; print the URL to open (`study_name`'s page if given)."""
-    server = make_dashboard_server(storage, host=host, port=port)
+    server = _bind(storage, host, port)
     address, bound_port = server.server_address[:2]
     if not ipaddress.ip_address(address).is_loopback:
         print(
@@ -69,11 +58,16 @@ def serve_dashboard(
     # An unspecified address (0.0.0.0) is not one to open; this machine's loopback is.
     shown = address if not ipaddress.ip_address(address).is_unspecified else DEFAULT_HOST
     url = f"http://{shown}:{bound_port}/dashboard"
-    page = _study_page(storage, study_name)
-    print(f"dashboard of {storage_description or 'the storage'}", flush=True)
-    if study_name is not None and page is None:
-        print(f"study {study_name!r} is not in this storage yet; it will be listed once created")
-    print(f"open {url}{page or ''}  (Ctrl-C to stop)", flush=True)
+    print(f"dashboard of {storage_description}")
+    # A mistyped SQLite path opens a new, empty file: say so rather than show an empty page.
+    names = [s.study_name for s in storage.get_all_studies()]
+    if study_name in names:
+        url += f"/studies/{storage.get_study_id_from_name(study_name)}"
+    elif study_name is not None:
+        print(f"study {study_name!r} is not in this storage yet; it appears once created")
+    elif not names:
+        print("no studies in this storage yet; `search run` or `search create` makes one")
+    print(f"open {url}  (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -82,10 +76,10 @@ def serve_dashboard(
         server.server_close()
 
 
-def _study_page(storage: optuna.storages.BaseStorage, study_name: str | None) -> str | None:
-    if study_name is None:
-        return None
+def _bind(storage: optuna.storages.BaseStorage, host: str, port: int) -> WSGIServer:
+    app = optuna_dashboard.wsgi(storage)
     try:
-        return f"/studies/{storage.get_study_id_from_name(study_name)}"
-    except KeyError:
-        return None
+        # Port 0 takes any free port; the caller reads the bound one from server_address.
+        return make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+    except (OSError, OverflowError) as e:
+        raise DashboardError(f"cannot listen on {host}:{port} ({e})") from None

@@ -19,6 +19,7 @@ from typing import Any
 
 import keras
 import optuna
+import tensorflow as tf
 
 from search.config import StudyConfig
 from search.data import Dataset
@@ -56,9 +57,10 @@ class PruningReporter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         for key in HISTORY_KEYS:
-            self.history[key].append(float(logs.get(key, math.nan)))
+            # float32 metrics: 6 decimals keep all their meaning and the dashboard readable.
+            self.history[key].append(round(float(logs.get(key, math.nan)), 6))
         self.trial.set_user_attr("history", self.history)
-        value = float(logs.get(self.metric, math.nan))
+        value = self.history[self.metric][-1]
         if not (math.isfinite(value) and math.isfinite(float(logs.get("loss", math.nan)))):
             self.diverged = f"loss or {self.metric} is not finite at epoch {epoch + 1}"
             self.model.stop_training = True
@@ -105,6 +107,9 @@ class Objective:
     def _train(self, trial: optuna.Trial) -> float:
         seed = self.config.study.seed + trial.number
         trial.set_user_attr("seed", seed)
+        # Float sums depend on the thread count: retraining reproduces a trial only with its
+        # own (0 = TensorFlow's default, all cores).
+        trial.set_user_attr("threads", tf.config.threading.get_intra_op_parallelism_threads())
         keras.utils.set_random_seed(seed)
         config = self.config.space_config(self.space, self.space.suggest(trial))
         # A space may say why a config's results would mislead (e.g. a backbone without

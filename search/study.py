@@ -8,6 +8,7 @@ and the dashboard alone tells what a study is.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -74,6 +75,10 @@ def create_study(
     if config.trials.enqueue_baselines:
         for name, params in baselines.items():
             study.enqueue_trial(params, user_attrs={"baseline": name})
+    # The dashboard then labels the value "val_accuracy", not "Objective 0".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([config.study.metric])
     study.set_user_attr("space", config.study.space)
     study.set_user_attr("dataset", config.data.dataset)
     study.set_user_attr("metric", config.study.metric)
