@@ -22,6 +22,11 @@ endef
 
 run: setup data
 	$(BIN)/search run $(STUDY) --workers $(WORKERS)
+	@name=$$($(BIN)/python -c 'import sys; from search.config import load_config; \
+	  print(load_config(sys.argv[1]).name)' $(STUDY)) && \
+	$(BIN)/search export $$name && \
+	$(BIN)/search retrain runs/$$name/best.json && \
+	$(BIN)/search report $$name
 
 test: setup data test-deps
 	$(BIN)/python -m pytest

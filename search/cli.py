@@ -19,11 +19,20 @@ import optuna
 from search.config import ConfigError, StudyConfig, check_space_options, load_config
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, serve_dashboard
 from search.data import DataError
+from search.export import ExportError
 from search.storage import StorageError, open_storage, redact, storage_url
 from search.study import StudyError
 from spaces import SpaceError
 
-USER_ERRORS = (ConfigError, DashboardError, DataError, SpaceError, StorageError, StudyError)
+USER_ERRORS = (
+    ConfigError,
+    DashboardError,
+    DataError,
+    ExportError,
+    SpaceError,
+    StorageError,
+    StudyError,
+)
 RUNS_DIR = Path("runs")
 
 
@@ -94,6 +103,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--every", type=float, metavar="SECONDS", help="keep reaping at this period until stopped"
     )
+
+    p = command("export", _export, "Write a study's best trial (or K best) as a JSON bundle.")
+    p.add_argument("study_name", metavar="STUDY_NAME")
+    p.add_argument("-o", "--output", metavar="FILE", help="default: runs/STUDY_NAME/best.json")
+    p.add_argument("--top", type=_positive_int, default=1, help="the K best completed trials (1)")
+
+    p = command(
+        "retrain", _retrain, "Retrain an exported trial, then evaluate it once on the test set."
+    )
+    p.add_argument("export_file", metavar="FILE.json")
+    p.add_argument("-o", "--output", metavar="DIR", help="default: trial-N beside FILE.json")
+    p.add_argument("--trial", type=int, help="which exported trial (default: the best)")
+    p.add_argument("--epochs", type=_positive_int, help="default: the trial's best epoch")
+    p.add_argument("--seed", type=int, help="default: the trial's seed")
+    p.add_argument(
+        "--threads", type=_positive_int, help="TensorFlow threads (default: the trial's)"
+    )
+    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+
+    p = command("report", _report, "Write a study's HTML report, with its retrained configs.")
+    p.add_argument("study_name", metavar="STUDY_NAME")
+    p.add_argument("-o", "--output", metavar="DIR", help="default: runs/STUDY_NAME")
+    p.add_argument(
+        "--retrained",
+        metavar="PATH",
+        type=_existing_path,
+        action="append",
+        help="a retrain's report.json, or a directory searched for them; repeatable"
+        " (default: runs/STUDY_NAME)",
+    )
+    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
     return parser
 
 
@@ -125,9 +165,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _existing_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or directory")
+    return path
+
+
 def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object]:
     """Validate a study file, its space and its dataset, then create or check the study."""
-    from search.data import load_dataset
+    from search.data import load_study_data
     from search.study import create_study
     from spaces import load_space
 
@@ -140,16 +187,8 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object]:
         baselines = {name: space.to_params(c) for name, c in space.BASELINES.items()}
     except (KeyError, TypeError, ValueError) as e:
         raise SpaceError(f"space {config.study.space!r}: a baseline has no params ({e})") from e
-    d = config.data
-    data = load_dataset(
-        d.dataset,
-        validation_split=d.validation_split,
-        split_seed=d.split_seed,
-        train_subset=d.train_subset,
-        validation_subset=d.validation_subset,
-        data_dir=args.data_dir,
-    )
-    del data  # loaded only to validate it before the study exists
+    # Loaded only to validate it before the study exists.
+    load_study_data(config.data, data_dir=args.data_dir)
     storage = _open(args, config)
     study, created = create_study(config, storage, baselines)
     n = len(study.get_trials(deepcopy=False))
@@ -281,6 +320,54 @@ def _reap(args: argparse.Namespace) -> int:
         if not args.every:
             return 0
         time.sleep(args.every)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from search.export import export_best, write_export
+
+    bundle = export_best(args.study_name, _open(args), top=args.top)
+    path = Path(args.output) if args.output else RUNS_DIR / args.study_name / "best.json"
+    write_export(bundle, path)
+    numbers = [entry["number"] for entry in bundle["trials"]]
+    print(f"exported trial{'s' * (len(numbers) > 1)} {numbers} of {args.study_name!r} to {path}")
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from search.export import read_export
+    from search.worker import configure_threads
+
+    export = read_export(args.export_file)
+    entry = export.entry(args.trial)
+    # Before TensorFlow starts: the trial's own thread count reproduces its numbers.
+    configure_threads(args.threads or entry.get("threads") or 0)
+    from search.retrain import retrain
+
+    out_dir = Path(args.output) if args.output else export.path.parent / f"trial-{entry['number']}"
+    retrain(
+        export,
+        out_dir,
+        number=entry["number"],
+        epochs=args.epochs,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+
+    out_dir = Path(args.output) if args.output else RUNS_DIR / args.study_name
+    path = write_report(
+        args.study_name,
+        _open(args),
+        out_dir,
+        retrained=args.retrained or [RUNS_DIR / args.study_name],
+        data_dir=args.data_dir,
+    )
+    print(f"report: {path.resolve().as_uri()}")
+    return 0
 
 
 def storage_study_names(storage) -> list[str]:

@@ -12,8 +12,12 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from search.config import DataSection
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -103,6 +107,18 @@ def load_dataset(
         train=Split(x[train_idx], y[train_idx]),
         val=Split(x[val_idx], y[val_idx]),
         class_names=class_names,
+    )
+
+
+def load_study_data(section: DataSection, *, data_dir: str | Path | None = None) -> Dataset:
+    """Load the train/validation split a study's [data] section describes."""
+    return load_dataset(
+        section.dataset,
+        validation_split=section.validation_split,
+        split_seed=section.split_seed,
+        train_subset=section.train_subset,
+        validation_subset=section.validation_subset,
+        data_dir=data_dir,
     )
 
 

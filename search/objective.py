@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from search.config import StudyConfig
 from search.data import Dataset
+from search.study import claimed_numbers
 from search.training import fit
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -67,7 +68,9 @@ class PruningReporter(keras.callbacks.Callback):
             return
         # Steps count epochs from 1, so a pruner's resource is the number of epochs trained.
         self.trial.report(value, step=epoch + 1)
-        if self.trial.should_prune():
+        # After the last epoch the work is done: the trial completes rather than being pruned.
+        last = epoch + 1 >= self.params.get("epochs", math.inf)
+        if not last and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({self.metric} {value:.4f})")
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -176,20 +179,13 @@ def _fail(trial: optuna.Trial, reason: str) -> float:
 
 
 def _check_budget(trial: optuna.Trial, n_trials: int) -> None:
-    """Let a trial run only if fewer than `n_trials` trials before it may still count.
+    """Let a trial run only if fewer than `n_trials` trials before it hold a place.
 
     Workers check the budget before asking for a trial, but two may ask at once; the trial
     numbers decide which of them runs, so finished trials match the budget exactly.
     """
-    counted = (
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.PRUNED,
-        optuna.trial.TrialState.RUNNING,
-        optuna.trial.TrialState.WAITING,
-    )
-    trials = trial.study.get_trials(deepcopy=False, states=counted)
-    n_before = sum(t.number < trial.number for t in trials)
-    if n_before >= n_trials:
+    claimed = claimed_numbers(trial.study.get_trials(deepcopy=False))
+    if sum(number < trial.number for number in claimed) >= n_trials:
         raise BudgetClaimed(
             f"not run: the {n_trials} trials of the budget were claimed by other workers"
         )

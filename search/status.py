@@ -27,7 +27,7 @@ def print_status(storage: optuna.storages.BaseStorage, study_name: str | None = 
         value = f"{t.value:.4f}" if t.value is not None else "-"
         print(
             f"{t.number:>5}  {t.state.name:<8} {value:>8} {t.user_attrs.get('epochs', '-'):>6}"
-            f" {t.user_attrs.get('seconds', '-'):>8}  {_note(t)}"
+            f" {t.user_attrs.get('seconds', '-'):>8}  {trial_note(t)}"
         )
     print(describe_best(study_name, storage))
 
@@ -60,7 +60,8 @@ def _load(study_name: str, storage: optuna.storages.BaseStorage) -> optuna.Study
         ) from None
 
 
-def _note(t: FrozenTrial) -> str:
+def trial_note(t: FrozenTrial) -> str:
+    """A trial's baseline name, whether it retries another, and why it failed."""
     notes = []
     if "baseline" in t.user_attrs:
         notes.append(t.user_attrs["baseline"])

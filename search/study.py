@@ -7,6 +7,7 @@ and the dashboard alone tells what a study is.
 
 from __future__ import annotations
 
+import datetime
 import time
 import warnings
 from collections import Counter
@@ -123,6 +124,7 @@ class Progress:
 
     counts: Counter
     best: optuna.trial.FrozenTrial | None
+    n_claimed: int
 
     @property
     def finished(self) -> int:
@@ -143,13 +145,42 @@ class Progress:
         return text
 
 
+# Seconds a dead worker's failed trial keeps its place in the budget while its retry is
+# being queued (Optuna fails the trial first, then queues the retry).
+RETRY_PENDING_SECONDS = 60
+
+
+def claimed_numbers(trials: list[optuna.trial.FrozenTrial]) -> list[int]:
+    """Numbers of the trials that hold a place in the budget.
+
+    Finished, running and waiting trials do, and so does a trial just failed because its
+    worker died, until its retry is queued: else a worker could start a new trial in that
+    moment and leave the retry no place.
+    """
+    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    now = datetime.datetime.now()
+    claimed = []
+    for t in trials:
+        pending_retry = (
+            t.state == TrialState.FAIL
+            and "fail_reason" not in t.user_attrs
+            and "failed_trial" not in t.system_attrs
+            and t.number not in retried
+            and t.datetime_complete is not None
+            and (now - t.datetime_complete).total_seconds() < RETRY_PENDING_SECONDS
+        )
+        if t.state != TrialState.FAIL or pending_retry:
+            claimed.append(t.number)
+    return claimed
+
+
 def progress(study: optuna.Study) -> Progress:
     """Count a study's trials by state and find its best trial."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
     best = pick(complete, key=lambda t: t.value) if complete else None
-    return Progress(Counter(t.state for t in trials), best)
+    return Progress(Counter(t.state for t in trials), best, len(claimed_numbers(trials)))
 
 
 def _check_same_study(study: optuna.Study, config: StudyConfig) -> None:

@@ -52,7 +52,7 @@ def run_worker(
 
     Returns the number of trials this worker ran.
     """
-    from search.data import load_dataset
+    from search.data import load_study_data
     from search.objective import STOP, Interrupted, Objective
     from spaces import load_space
 
@@ -64,7 +64,7 @@ def run_worker(
         pruner=make_pruner(config),
     )
     start = time.monotonic()
-    data = _load_data(config, data_dir, load_dataset)
+    data = load_study_data(config.data, data_dir=data_dir)
     log(
         f"worker {worker_index}: {config.data.dataset} loaded in {time.monotonic() - start:.1f}s"
         f" ({len(data.train)} train, {len(data.val)} validation images)"
@@ -85,8 +85,7 @@ def run_worker(
                 f"study {study_name!r} has {state.counts[TrialState.FAIL]} failed trials, more"
                 " than its budget: see the trials' fail_reason (search status)"
             )
-        claimed = state.finished + state.counts[TrialState.RUNNING]
-        if state.counts[TrialState.WAITING] == 0 and claimed >= config.trials.n_trials:
+        if state.counts[TrialState.WAITING] == 0 and state.n_claimed >= config.trials.n_trials:
             # Every remaining trial is running elsewhere: wait, and fail those whose worker
             # died so their retries come back as WAITING trials for us.
             optuna.storages.fail_stale_trials(study)
@@ -101,18 +100,6 @@ def run_worker(
     summary = progress(study).line(config.trials.n_trials, config.study.metric)
     log(f"worker {worker_index}: ran {n_run} trials; {summary}")
     return n_run
-
-
-def _load_data(config: StudyConfig, data_dir: str | None, load_dataset: Callable):
-    d = config.data
-    return load_dataset(
-        d.dataset,
-        validation_split=d.validation_split,
-        split_seed=d.split_seed,
-        train_subset=d.train_subset,
-        validation_subset=d.validation_subset,
-        data_dir=data_dir,
-    )
 
 
 def _retry_interrupted(study: optuna.Study, objective) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,8 +93,94 @@ def search_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "search", *map(str, args)]
 
 
+def start_search(*args: str, cwd: Path, **popen: Any) -> subprocess.Popen:
+    """Start the `search` CLI in the background, its output (text) on a pipe."""
+    return subprocess.Popen(
+        search_cmd(*args),
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
+
+
 def run_search(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the `search` CLI to completion and capture its output."""
     return subprocess.run(
         search_cmd(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    """A study run to its budget; `cwd` is where the CLI ran (its runs/ directory is there)."""
+
+    cwd: Path
+    storage: str
+    name: str = "t"
+
+
+@pytest.fixture(scope="session")
+def study_run(tmp_path_factory) -> FinishedStudy:
+    """A small dense study run to its budget by 2 workers, with complete and pruned trials."""
+    cwd = tmp_path_factory.mktemp("finished")
+    study = cwd / "study.toml"
+    # Successive halving keeps only the top third at each epoch: most trials are pruned.
+    study.write_text(study_toml(n_trials=8, max_epochs=3, pruner="successive_halving"))
+    storage = f"sqlite:///{cwd / 'search.db'}"
+    result = run_search("run", study, "--workers", "2", "--storage", storage, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return FinishedStudy(cwd, storage)
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """An export of a finished study, and the retrain of its best trial."""
+
+    export: Path
+    out_dir: Path
+    output: str
+
+
+@pytest.fixture(scope="session")
+def retrained_best(study_run) -> Retrained:
+    """`search export --top 2`, then `search retrain` of the best at its best epoch and seed."""
+    s = study_run
+    result = run_search("export", s.name, "--top", "2", "--storage", s.storage, cwd=s.cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    export = s.cwd / "runs" / s.name / "best.json"
+    best = json.loads(export.read_text())["trials"][0]
+    result = run_search(
+        "retrain", export, "--epochs", best["best_epoch"], "--seed", best["seed"], cwd=s.cwd
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return Retrained(export, export.parent / f"trial-{best['number']}", result.stdout)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Flags for a headless Chromium that never phones home or updates itself during a test.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium, driven by Playwright; never a downloaded browser."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium (make test-deps)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

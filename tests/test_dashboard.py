@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, cli_env, run_search, search_cmd, study_toml
+from conftest import REPO, cli_env, run_search, search_cmd, start_search, study_toml
 from optuna.trial import TrialState
 from pgserver import PostgresServer
 
@@ -31,18 +31,6 @@ from search.storage import open_storage
 from search.study import create_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-CHROMIUM = Path("/usr/bin/chromium")
-# Flags for a headless Chromium that never phones home or updates itself during a test.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = REPO / "runs" / "test-artifacts" / "dashboard"
 STORAGE_ERRORS = re.compile(r"database is locked|OperationalError|StorageInternalError")
 # The finished study's trials: validation accuracy per epoch; trial 1 is pruned after epoch 1.
@@ -208,23 +196,10 @@ def test_serves_a_postgresql_study(tmp_path: Path) -> None:
         assert f"@127.0.0.1:{pg.port}/search" in printed and pg.password not in printed
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's headless Chromium, driven by Playwright; never a downloaded browser."""
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} missing: apt-get install -y chromium (make test-deps)")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(browser):
     """A fresh browser tab the size of a laptop screen."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -290,14 +265,7 @@ def test_browser_watches_a_real_run_whose_workers_never_lock(tmp_path: Path, pag
         expect(counter).to_have_text("0 Trials")
         # A reload would wipe this; it must survive until the end.
         page.evaluate("window.loadedOnce = true")
-        run = subprocess.Popen(
-            search_cmd("run", path, "--workers", "2", "--storage", url),
-            cwd=tmp_path,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        run = start_search("run", path, "--workers", "2", "--storage", url, cwd=tmp_path)
         try:
             expect(counter).not_to_have_text("0 Trials", timeout=120_000)
             page.screenshot(path=SCREENSHOTS / "live-first-trials.png", full_page=True)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import optuna
 import pytest
-from conftest import cli_env, run_search, search_cmd
+from conftest import run_search, start_search
 from optuna.trial import TrialState
 
 from search.storage import open_storage
@@ -81,14 +80,7 @@ def test_two_workers_run_a_pruned_study_to_its_budget(tmp_path, write_study):
 def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
     study = write_study(n_trials=8, max_epochs=6, train_subset=6000, pruner="none")
-    proc = subprocess.Popen(
-        search_cmd("run", study, "--workers", "2", "--storage", storage),
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
     victim = _wait_for_trial_mid_training(storage, proc)
     os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
@@ -108,14 +100,8 @@ def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path,
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
     study = write_study(n_trials=6, max_epochs=6, train_subset=6000, pruner="none")
-    proc = subprocess.Popen(
-        search_cmd("run", study, "--workers", "2", "--storage", storage),
-        cwd=tmp_path,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    proc = start_search(
+        "run", study, "--workers", "2", "--storage", storage, cwd=tmp_path, start_new_session=True
     )
     victim = _wait_for_trial_mid_training(storage, proc)
     # What a terminal does on Ctrl-C: SIGINT to the whole foreground process group.

@@ -1,0 +1,244 @@
+"""Retraining: an exported trial's config trained again, then evaluated once on the test set.
+
+The final model learns from the train split only, as the trial did: for the trial's best
+epoch, with its seed, its thread count and its learning-rate path, so its validation
+accuracy reproduces the trial's and the gap between validation and test is honest. Only
+then is the test set read, once, by the saved model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from search.data import Dataset, Split, load_dataset, load_test
+from search.export import Export, ExportError, versions
+from search.training import fit, learning_rate_callbacks
+
+# Images per batch when evaluating: large batches are faster and change no result.
+EVAL_BATCH = 1024
+
+
+def retrain(
+    export: Export,
+    out_dir: Path,
+    *,
+    number: int | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    data_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Retrain an exported trial, evaluate it on the test set and write its artifacts.
+
+    Writes `report.json`, `model.keras`, `history.png` and `confusion.png` into `out_dir`,
+    and nothing at all if the config cannot be built.
+
+    Args:
+        number: the exported trial to retrain; default: the best.
+        epochs: default: the trial's best epoch.
+        seed: default: the trial's seed.
+
+    Returns:
+        The report (what `report.json` holds).
+    """
+    entry = export.entry(number)
+    definition = export.definition
+    epochs = epochs or entry["best_epoch"]
+    seed = entry["seed"] if seed is None else seed
+    # The [data] keys are load_dataset's arguments: the trials' very split and subsets.
+    data = load_dataset(**asdict(definition.data), data_dir=data_dir)
+    # What a trial does before it builds its model, so the weights start the same.
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    # A cosine schedule spans the study's max_epochs, as in the trial, even when stopping
+    # at the best epoch; past it, it spans the longer run.
+    schedule_epochs = max(definition.trials.max_epochs, epochs)
+    model = _build(export, entry, data, schedule_epochs)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(
+        f"retraining trial {entry['number']} of study {export.bundle['study']!r}"
+        f" ({model.count_params():,} parameters) for {epochs} epoch{'s' * (epochs != 1)},"
+        f" seed {seed}, on {len(data.train)} training images; validating on {len(data.val)}"
+    )
+    if entry.get("warning"):
+        log(f"warning: {entry['warning']}")
+    start = time.monotonic()
+    fitted = fit(
+        model,
+        entry["config"],
+        data,
+        epochs=epochs,
+        schedule_epochs=schedule_epochs,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
+    seconds = time.monotonic() - start
+    model_path = out_dir / "model.keras"
+    model.save(model_path)
+    # The test numbers are those of the saved file: what anyone who loads it will get.
+    test_split = load_test(definition.data.dataset, data_dir=data_dir)
+    test = _evaluate(keras.models.load_model(model_path), test_split)
+    trained = len(history["loss"])
+    report = {
+        "study": export.bundle["study"],
+        "trial": entry["number"],
+        "baseline": entry.get("baseline"),
+        "metric": export.bundle["metric"],
+        "epochs": trained,
+        "seed": seed,
+        "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "seconds": round(seconds, 2),
+        "n_params": model.count_params(),
+        "data": {
+            "train_images": len(data.train),
+            "validation_images": len(data.val),
+            "test_images": int(test["confusion"].sum()),
+            "learns_from_validation": False,
+        },
+        "validation": {"accuracy": history["val_accuracy"][-1], "loss": history["val_loss"][-1]},
+        "trial_validation": _trial_validation(entry, trained),
+        "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
+        "gap": history["val_accuracy"][-1] - test["accuracy"],
+        "classes": _per_class(test["confusion"], data.class_names),
+        "confusion_matrix": test["confusion"].tolist(),
+        "history": history,
+        "versions": versions(),
+        "export": {"file": str(export.path), **export.bundle, "trials": [entry]},
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot_history(history, entry).savefig(out_dir / "history.png", dpi=100)
+    _plot_confusion(test["confusion"], data.class_names).savefig(
+        out_dir / "confusion.png", dpi=100
+    )
+    log(
+        f"validation accuracy {report['validation']['accuracy']:.4f}"
+        + _trial_note(report["trial_validation"])
+        + f", test accuracy {test['accuracy']:.4f} (gap {report['gap']:+.4f}),"
+        f" {seconds:.0f} s; wrote report.json, model.keras, history.png, confusion.png"
+        f" to {out_dir}"
+    )
+    return report
+
+
+def _build(export: Export, entry: dict[str, Any], data: Dataset, schedule_epochs: int):
+    """Build the entry's model and check its training settings, before anything is written."""
+    config = entry["config"]
+    space = export.space()
+    try:
+        model = space.build(config, data.input_shape, data.num_classes)
+        learning_rate_callbacks(config, schedule_epochs=schedule_epochs)
+        batch_size = config["batch_size"]
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size is {batch_size!r}, but must be an integer >= 1")
+    except KeyError as e:
+        raise ExportError(
+            f"{export.path}: trial {entry['number']}: its config has no key {e}, which the"
+            f" {export.definition.study.space!r} space needs"
+        ) from None
+    except (TypeError, ValueError) as e:
+        raise ExportError(
+            f"{export.path}: trial {entry['number']}: the {export.definition.study.space!r}"
+            f" space cannot build its config ({e})"
+        ) from None
+    return model
+
+
+def _evaluate(model: keras.Model, split: Split) -> dict[str, Any]:
+    """Loss (as Keras computes it in training), accuracy and confusion matrix on a split."""
+    loss, _ = model.evaluate(split.x, split.y, batch_size=EVAL_BATCH, verbose=0)
+    predicted = model.predict(split.x, batch_size=EVAL_BATCH, verbose=0).argmax(axis=1)
+    n_classes = model.output_shape[-1]
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (split.y, predicted), 1)
+    return {
+        "loss": float(loss),
+        "accuracy": float(np.trace(confusion) / len(split)),
+        "confusion": confusion,
+    }
+
+
+def _per_class(confusion: np.ndarray, class_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Precision and recall per class (rows: true class, columns: predicted)."""
+    correct = np.diag(confusion)
+    predicted = confusion.sum(axis=0)
+    support = confusion.sum(axis=1)
+    return [
+        {
+            "name": name,
+            "precision": float(correct[i] / predicted[i]) if predicted[i] else 0.0,
+            "recall": float(correct[i] / support[i]) if support[i] else 0.0,
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]
+
+
+def _trial_validation(entry: dict[str, Any], epochs: int) -> dict[str, float] | None:
+    """The trial's own validation numbers after `epochs` epochs, if it trained that long."""
+    history = entry["history"]
+    if min(len(history.get(key, [])) for key in ("val_accuracy", "val_loss")) < epochs:
+        return None
+    return {
+        "accuracy": history["val_accuracy"][epochs - 1],
+        "loss": history["val_loss"][epochs - 1],
+    }
+
+
+def _trial_note(trial_validation: dict[str, float] | None) -> str:
+    if trial_validation is None:
+        return ""
+    return f" (the trial's: {trial_validation['accuracy']:.4f})"
+
+
+def _plot_history(history: dict[str, list[float]], entry: dict[str, Any]) -> Figure:
+    """Accuracy and loss per epoch, train and validation, beside the trial's validation."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    trial = entry["history"]
+    for ax, key in zip(fig.subplots(1, 2), ("accuracy", "loss"), strict=True):
+        epochs = range(1, len(history[key]) + 1)
+        ax.plot(epochs, history[key], marker="o", label="train")
+        ax.plot(epochs, history[f"val_{key}"], marker="o", label="validation")
+        if trial.get(f"val_{key}"):
+            trial_epochs = range(1, len(trial[f"val_{key}"]) + 1)
+            ax.plot(
+                trial_epochs,
+                trial[f"val_{key}"],
+                linestyle="--",
+                color="grey",
+                label=f"trial {entry['number']} validation",
+            )
+        ax.set(xlabel="epoch", ylabel=key, title=key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def _plot_confusion(confusion: np.ndarray, class_names: tuple[str, ...]) -> Figure:
+    """The test set's confusion matrix with counts in the cells."""
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set(xlabel="predicted", ylabel="true", title="test set confusion matrix")
+    threshold = confusion.max() / 2
+    for (i, j), count in np.ndenumerate(confusion):
+        color = "white" if count > threshold else "black"
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+    return fig
