@@ -16,7 +16,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
-from search.data import Dataset, load_dataset
+from search.data import Dataset, load_study_data
 from search.status import describe_best, trial_note
 from search.study import StudyError, load_definition, progress
 
@@ -58,8 +57,8 @@ def write_report(
     trials = study.get_trials(deepcopy=False)
     if not trials:
         raise StudyError(f"study {study_name!r} has no trials yet; nothing to report")
-    # The [data] keys are load_dataset's arguments: the trials' very split and subsets.
-    data = load_dataset(**asdict(definition.data), data_dir=data_dir)
+    # The trials' very split and subsets.
+    data = load_study_data(definition.data, data_dir=data_dir)
     reports = _load_retrained(retrained, study_name, trials, log)
     sections = [
         _summary(study, definition, storage, data),

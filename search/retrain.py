@@ -12,7 +12,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from search.data import Dataset, Split, load_dataset, load_test
+from search.data import Dataset, Split, load_study_data, load_test
 from search.export import Export, ExportError, versions
 from search.training import fit, learning_rate_callbacks
 
@@ -57,8 +56,8 @@ def retrain(
     definition = export.definition
     epochs = epochs or entry["best_epoch"]
     seed = entry["seed"] if seed is None else seed
-    # The [data] keys are load_dataset's arguments: the trials' very split and subsets.
-    data = load_dataset(**asdict(definition.data), data_dir=data_dir)
+    # The trials' very split and subsets.
+    data = load_study_data(definition.data, data_dir=data_dir)
     # What a trial does before it builds its model, so the weights start the same.
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)

@@ -6,6 +6,7 @@ other machines run, so the local and the distributed setups share one code path.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -129,7 +130,10 @@ def supervise(
     n_trials = config.trials.n_trials
     timeout = config.trials.timeout_minutes
     deadline = time.monotonic() + timeout * 60 if timeout else None
-    procs = {i: _start_worker(worker_args, i, log_dir) for i in range(n_workers)}
+    # Every process gets a new worker index, so a replaced or recycled worker seeds its
+    # sampler afresh instead of suggesting its predecessor's first points again.
+    starts = itertools.count()
+    procs = {i: _start_worker(worker_args, i, next(starts), log_dir) for i in range(n_workers)}
     out(f"started {n_workers} workers; their logs: {log_dir}/worker-*.log")
     restarts = dict.fromkeys(procs, 0)
     gave_up = False
@@ -166,7 +170,7 @@ def supervise(
                         f"worker {i} exited with {code};"
                         f" restarting it ({restarts[i]}/{max_restarts})"
                     )
-                procs[i] = _start_worker(worker_args, i, log_dir)
+                procs[i] = _start_worker(worker_args, i, next(starts), log_dir)
             if procs:
                 time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
@@ -178,8 +182,10 @@ def supervise(
     return 1 if gave_up and state.finished < n_trials else 0
 
 
-def _start_worker(worker_args: list[str], index: int, log_dir: Path) -> subprocess.Popen:
-    log = open(log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115 (the child owns it)
+def _start_worker(
+    worker_args: list[str], slot: int, index: int, log_dir: Path
+) -> subprocess.Popen:
+    log = open(log_dir / f"worker-{slot}.log", "ab")  # noqa: SIM115 (the child owns it)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "search", "worker", *worker_args, "--worker-index", str(index)],

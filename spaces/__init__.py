@@ -5,7 +5,9 @@ config that includes its training settings), `build(config, input_shape, num_cla
 (a compiled keras.Model; never sees a trial), `to_params(config)` (the Optuna params
 that make `suggest` return that config) and `BASELINES` (the notebook's models as
 configs). Training settings every space shares: `optimizer`, `learning_rate`,
-`schedule` and `batch_size`.
+`schedule` and `batch_size`. Optional: `OPTIONS` (fixed settings with defaults, set in a
+study's [space] table) and `warning(config) -> str | None` (why a config's results would
+mislead; the trial records it).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-SPACES = ("dense", "conv")
+SPACES = ("dense", "conv", "transfer")
 REQUIRED = ("suggest", "build", "to_params", "BASELINES")
 
 
@@ -40,8 +42,12 @@ def load_space(name: str) -> ModuleType:
     return module
 
 
-def compile_model(model: Any, config: dict[str, Any]) -> Any:
-    """Compile with the config's optimizer and learning rate, for integer labels."""
+def compile_model(model: Any, config: dict[str, Any], *, optimizer: Any = None) -> Any:
+    """Compile with the config's optimizer and learning rate, for integer labels.
+
+    Args:
+        optimizer: the space's own optimizer instead (e.g. one with two learning rates).
+    """
     import keras
 
     optimizers = {
@@ -49,12 +55,14 @@ def compile_model(model: Any, config: dict[str, Any]) -> Any:
         "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True),
         "rmsprop": lambda lr: keras.optimizers.RMSprop(learning_rate=lr),
     }
-    if config["optimizer"] not in optimizers:
-        raise ValueError(
-            f"optimizer is {config['optimizer']!r}, but must be one of {sorted(optimizers)}"
-        )
+    if optimizer is None:
+        if config["optimizer"] not in optimizers:
+            raise ValueError(
+                f"optimizer is {config['optimizer']!r}, but must be one of {sorted(optimizers)}"
+            )
+        optimizer = optimizers[config["optimizer"]](config["learning_rate"])
     model.compile(
-        optimizer=optimizers[config["optimizer"]](config["learning_rate"]),
+        optimizer=optimizer,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

@@ -123,3 +123,26 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     _assert_budget_exact(trials, 6)
     assert trials[queued[0].number].state in DONE
     assert trials[queued[0].number].params == victim.params
+
+
+def test_recycled_workers_are_replaced_and_draw_new_points(tmp_path, write_study):
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = write_study(n_trials=4, max_epochs=1, sampler="random", pruner="none")
+    result = run_search(
+        "run",
+        study,
+        "--workers",
+        "1",
+        "--max-trials-per-process",
+        "1",
+        "--storage",
+        storage,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = _trials(storage)
+    _assert_budget_exact(trials, 4)
+    # A worker process is replaced after each trial, bounding its memory...
+    assert len({t.user_attrs["worker"] for t in trials}) == 4
+    # ...and each new process seeds its sampler afresh instead of repeating the first point.
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4

@@ -8,7 +8,7 @@ import keras
 import optuna
 import pytest
 
-from spaces import SpaceError, conv, dense, load_space
+from spaces import SpaceError, conv, dense, load_space, transfer
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -41,7 +41,7 @@ def test_model_d_has_the_notebooks_non_trainable_parameters():
     assert sum(int(keras.ops.size(w)) for w in model.non_trainable_weights) == 704
 
 
-@pytest.mark.parametrize("space", [dense, conv], ids=["dense", "conv"])
+@pytest.mark.parametrize("space", [dense, conv, transfer], ids=["dense", "conv", "transfer"])
 def test_every_baseline_is_a_point_the_space_can_produce(space):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for name, config in space.BASELINES.items():

@@ -1,0 +1,132 @@
+"""The transfer space: the notebook's MobileNetV2, round trips, two rates, a real short study.
+
+Every model here has random weights ("none"): no test downloads ImageNet weights. That the
+baseline is a point of the space is checked with the other spaces' in test_spaces.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import optuna
+import pytest
+from conftest import run_search, study_toml
+from optuna.trial import TrialState
+
+from search.storage import open_storage
+from spaces import transfer
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+NO_DOWNLOAD = {"backbone": "mobilenet_v2", "weights": "none"}
+
+
+def test_notebook_baseline_has_its_backbone_parameter_count():
+    model = transfer.build(
+        transfer.BASELINES["mobilenet_v2_frozen"] | NO_DOWNLOAD, (28, 28, 1), 10
+    )
+    # MobileNetV2 alpha 1.0 without its top (shared/seed-models.md), frozen.
+    assert model.get_layer("backbone").count_params() == 2_257_984
+    assert not model.get_layer("backbone").trainable_weights
+    # Plus BN(1280) 5,120 + Dense 512 655,872 + Dense 10 5,130.
+    assert model.count_params() == 2_924_106
+    # Zero-padded from 28x28 to 32x32, grey repeated to 3 channels, inside the model.
+    assert model.get_layer("backbone").input_shape == (None, 32, 32, 3)
+
+
+def test_images_are_padded_and_preprocessed_the_backbones_way():
+    model = transfer.build(
+        transfer.BASELINES["mobilenet_v2_frozen"] | NO_DOWNLOAD, (28, 28, 1), 10
+    )
+    x = np.random.default_rng(0).integers(0, 256, size=(2, 28, 28, 1), dtype=np.uint8)
+    seen = keras.Model(model.input, model.get_layer("preprocessing").output)(x)
+    # Black borders to 32x32, grey to RGB, then MobileNetV2's own scaling to -1..1.
+    rgb = np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1).astype("float32")
+    expected = keras.applications.mobilenet_v2.preprocess_input(rgb)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(seen), expected, atol=1e-6)
+
+
+def test_efficientnet_b0_backbone_builds():
+    config = transfer.BASELINES["mobilenet_v2_frozen"] | NO_DOWNLOAD
+    model = transfer.build(config | {"backbone": "efficientnet_b0"}, (28, 28, 1), 10)
+    # EfficientNetB0 without its top; it scales 0..255 inputs itself.
+    assert model.get_layer("backbone").count_params() == 4_049_571
+
+
+def test_suggested_configs_round_trip_and_build():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(4):
+        trial = study.ask()
+        config = transfer.suggest(trial)
+        # Plain data, and a stored trial's params give back its config (and vice versa).
+        assert json.loads(json.dumps(config)) == config
+        assert transfer.suggest(optuna.trial.FixedTrial(trial.params)) == config
+        assert transfer.to_params(config) == trial.params
+        model = transfer.build(config | NO_DOWNLOAD, (28, 28, 1), 10)
+        size = config["input_size"]
+        assert model.get_layer("backbone").input_shape == (None, size, size, 3)
+        assert model.output_shape == (None, 10)
+        # Exactly the top `unfrozen_layers` layers of the backbone train.
+        layers = model.get_layer("backbone").layers
+        assert [layer.trainable for layer in layers].count(True) == config["unfrozen_layers"]
+        assert all(layer.trainable for layer in layers[len(layers) - config["unfrozen_layers"] :])
+        study.tell(trial, 0.5)
+        keras.backend.clear_session()
+
+
+def test_backbone_learns_at_its_scaled_rate():
+    with keras.name_scope("head_dense"):
+        head = keras.Variable(np.zeros(3), name="kernel")
+    backbone = keras.Variable(np.zeros(3), name="kernel")
+    optimizer = transfer.TwoRateAdam(learning_rate=0.1, head_prefix="head_", backbone_scale=0.01)
+    optimizer.apply([np.ones(3), np.ones(3)], [head, backbone])
+    # Adam's first step moves each weight by its rate: 0.1 for the head, 0.1 x 0.01 elsewhere.
+    np.testing.assert_allclose(head.numpy(), -0.1, rtol=1e-4)
+    np.testing.assert_allclose(backbone.numpy(), -0.001, rtol=1e-4)
+
+
+# Keras' save_weights under NumPy 2 warns once per variable.
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_weights_from_a_local_file(tmp_path):
+    config = transfer.BASELINES["mobilenet_v2_frozen"] | NO_DOWNLOAD
+    saved = transfer.build(config, (28, 28, 1), 10).get_layer("backbone")
+    path = tmp_path / "mobilenet_v2_no_top.weights.h5"
+    saved.save_weights(path)
+    loaded = transfer.build(config | {"weights": str(path)}, (28, 28, 1), 10)
+    # A file stands in for the download on a machine without internet.
+    for a, b in zip(saved.get_weights(), loaded.get_layer("backbone").get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="existing weights file"):
+        transfer.build(config | {"weights": str(tmp_path / "missing.h5")}, (28, 28, 1), 10)
+
+
+def test_random_weights_are_warned_about():
+    config = transfer.BASELINES["mobilenet_v2_frozen"] | NO_DOWNLOAD
+    assert "randomly initialized" in transfer.warning(config)
+    assert transfer.warning(config | {"weights": "imagenet"}) is None
+
+
+@pytest.mark.slow
+def test_short_transfer_study_runs_through_the_cli(tmp_path, write_study):
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    text = study_toml(
+        space="transfer",
+        train_subset=300,
+        validation_subset=150,
+        n_trials=3,
+        max_epochs=2,
+        enqueue_baselines=True,
+    )
+    study = write_study(text=text + '\n[space]\nweights = "none"\n')
+    result = run_search("run", study, "--workers", "1", "--storage", storage, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = optuna.load_study(study_name="t", storage=open_storage(storage)).trials
+    # The budget is spent by trials that trained, not failed ones.
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 3
+    baseline = trials[0]
+    assert baseline.user_attrs["baseline"] == "mobilenet_v2_frozen"
+    assert baseline.user_attrs["n_params"] == 2_924_106
+    # Every trial says its backbone was not pretrained.
+    assert all("randomly initialized" in t.user_attrs["warning"] for t in trials)
