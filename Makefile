@@ -7,6 +7,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKERS ?= 2
 STUDY ?= studies/quick.toml
+# make bench: minutes of wall clock per contestant, runs per contestant, more flags
+# (python -m benchmarks.bench --help), e.g. BENCH_ARGS="--train-subset 6000 --max-epochs 6".
+BUDGET_MINUTES ?= 30
+SEEDS ?= 1
+BENCH_ARGS ?=
 
 # Install Debian packages that are missing, where apt and root are available.
 define apt_install
@@ -18,7 +23,7 @@ define apt_install
 	else echo "not installed:$$missing (needs apt-get as root); $(2)"; fi
 endef
 
-.PHONY: run test setup data test-deps dashboard lint clean
+.PHONY: run test setup data test-deps bench bench-deps dashboard lint clean
 
 run: setup data
 	$(BIN)/search run $(STUDY) --workers $(WORKERS)
@@ -45,6 +50,18 @@ data:
 
 test-deps:
 	$(call apt_install,postgresql chromium docker-compose,the tests that need them fail)
+
+# The benchmarks of benchmarks/bench.py; they need the machine alone (about two hours
+# at the default budget on 2 cores). Results: benchmarks/results/.
+bench: setup data bench-deps
+	$(BIN)/python -m benchmarks.bench --budget-minutes $(BUDGET_MINUTES) --seeds $(SEEDS) $(BENCH_ARGS)
+
+bench-deps: $(BIN)/.installed-bench
+	$(call apt_install,postgresql,the PostgreSQL storage benchmark is skipped)
+
+$(BIN)/.installed-bench: pyproject.toml $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
 
 dashboard: setup
 	$(BIN)/search dashboard

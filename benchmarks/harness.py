@@ -1,0 +1,160 @@
+"""What the benchmark parts share: study files, timed `search run`s, trial records, the machine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+REPO = Path(__file__).resolve().parent.parent
+# The distributions whose versions a result depends on (tensorflow or tensorflow-cpu).
+PACKAGES = (
+    "search",
+    "optuna",
+    "keras",
+    "tensorflow",
+    "tensorflow-cpu",
+    "keras-tuner",
+    "tensorboard",
+    "sqlalchemy",
+    "psycopg",
+    "numpy",
+    "matplotlib",
+)
+LOADED = re.compile(r"loaded in ([0-9.]+)s")
+# A study budget never reached: the wall clock ends these runs.
+UNBOUNDED_TRIALS = 1_000_000
+
+
+def write_study(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    """Write a study definition as a TOML file of flat tables; None values are left out."""
+    lines = []
+    for section, table in sections.items():
+        if not table:
+            continue
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in table.items() if value is not None]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _toml(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    # A JSON string is a TOML basic string for the names and paths written here.
+    return json.dumps(value)
+
+
+def bench_env() -> dict[str, str]:
+    """The environment of benchmark subprocesses: the repository importable, TF quiet."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run_search(
+    study_file: Path,
+    *,
+    storage: str,
+    workers: int,
+    threads: int,
+    cwd: Path,
+    budget_seconds: float | None = None,
+) -> dt.datetime:
+    """Run `search run` on a study, stopped like Ctrl-C once `budget_seconds` have passed.
+
+    Returns the wall-clock time of the launch, on the clock Optuna stamps trials with.
+    Stopped workers fail their running trials ("Interrupted"); trials that finished in
+    time are the run's result.
+    """
+    cmd = [sys.executable, "-m", "search", "run", str(study_file), "--storage", storage]
+    cmd += ["--workers", str(workers), "--threads", str(threads)]
+    log = cwd / f"{study_file.stem}.log"
+    started = dt.datetime.now()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=bench_env(), stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            proc.wait(timeout=budget_seconds)
+        except subprocess.TimeoutExpired:
+            # The supervisor stops its workers at their next batch (60 s at most).
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+    if proc.returncode not in (0, 130):
+        raise RuntimeError(f"search run {study_file} exited with {proc.returncode}; see {log}")
+    return started
+
+
+def study_trials(study_name: str, storage: str) -> list[optuna.trial.FrozenTrial]:
+    """A study's trials, in the order of their numbers."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def completed_epochs(trial: optuna.trial.FrozenTrial) -> int:
+    """Epochs a trial trained in full; an interrupted trial's last epoch was cut short."""
+    n = len(trial.user_attrs.get("history", {}).get("loss", []))
+    interrupted = trial.user_attrs.get("fail_reason", "").startswith("Interrupted")
+    return max(0, n - 1) if interrupted else n
+
+
+def best_epoch_value(trial: optuna.trial.FrozenTrial, metric: str = "val_accuracy") -> float:
+    """The best value of a metric over a trial's epochs (NaN if it has none)."""
+    values = [v for v in trial.user_attrs.get("history", {}).get(metric, []) if math.isfinite(v)]
+    return max(values, default=math.nan)
+
+
+def worker_load_seconds(cwd: Path, study_name: str) -> list[float]:
+    """Seconds each worker of a study took to load its data, read from the worker logs."""
+    logs = sorted((cwd / "runs" / study_name / "logs").glob("worker-*.log"))
+    seconds = [float(m) for log in logs for m in LOADED.findall(log.read_text())]
+    if not seconds:
+        raise RuntimeError(f"no 'loaded in Ns' line in the worker logs {logs}")
+    return seconds
+
+
+def describe_machine() -> dict[str, Any]:
+    """CPU model, cores, RAM, OS and Python of this machine."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "?")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(mem_kib / 2**20, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the installed packages a result depends on."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str:
+    """The repository's commit, with '+changes' when the work tree differs from it."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
+    return head + ("+changes" if dirty else "")
