@@ -19,7 +19,7 @@ import optuna
 from search.config import ConfigError, StudyConfig, check_space_options, load_config
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, serve_dashboard
 from search.data import DataError
-from search.export import ExportError
+from search.export import ExportError, exported_params
 from search.storage import StorageError, open_storage, redact, storage_url
 from search.study import StudyError
 from spaces import SpaceError
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("study_file", metavar="STUDY.toml")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (1)")
     _budget_flags(p)
+    _enqueue_flag(p)
     _worker_flags(p)
 
     p = command("worker", _worker, "Run one worker process for a study (any machine).")
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     p = command("create", _create, "Create a study from a file (idempotent); runs nothing.")
     p.add_argument("study_file", metavar="STUDY.toml")
     _budget_flags(p)
+    _enqueue_flag(p)
     p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
 
     p = command("status", _status, "List the studies, or one study's trials and best trial.")
@@ -108,6 +110,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("study_name", metavar="STUDY_NAME")
     p.add_argument("-o", "--output", metavar="FILE", help="default: runs/STUDY_NAME/best.json")
     p.add_argument("--top", type=_positive_int, default=1, help="the K best completed trials (1)")
+    p.add_argument(
+        "--reevaluate",
+        type=_positive_int,
+        metavar="S",
+        help="retrain each of the K with S other seeds (>= 2) on the train split and rank them"
+        " by mean validation accuracy",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="TensorFlow threads to re-evaluate with (default: the best trial's)",
+    )
+    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
 
     p = command(
         "retrain", _retrain, "Retrain an exported trial, then evaluate it once on the test set."
@@ -140,6 +155,15 @@ def _parser() -> argparse.ArgumentParser:
 def _budget_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-trials", type=_positive_int, help="override [trials] n_trials")
     p.add_argument("--timeout-minutes", type=float, help="override [trials] timeout_minutes")
+
+
+def _enqueue_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--enqueue",
+        metavar="FILE.json",
+        action="append",
+        help="queue the trials of a `search export` file of the same space, each once; repeatable",
+    )
 
 
 def _worker_flags(p: argparse.ArgumentParser) -> None:
@@ -175,7 +199,7 @@ def _existing_path(text: str) -> Path:
 def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object]:
     """Validate a study file, its space and its dataset, then create or check the study."""
     from search.data import load_study_data
-    from search.study import create_study
+    from search.study import create_study, enqueue_exported
     from spaces import load_space
 
     config = load_config(args.study_file).with_budget(
@@ -187,15 +211,24 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object]:
         baselines = {name: space.to_params(c) for name, c in space.BASELINES.items()}
     except (KeyError, TypeError, ValueError) as e:
         raise SpaceError(f"space {config.study.space!r}: a baseline has no params ({e})") from e
+    exported = exported_params(args.enqueue or [], config, space)
     # Loaded only to validate it before the study exists.
     load_study_data(config.data, data_dir=args.data_dir)
     storage = _open(args, config)
     study, created = create_study(config, storage, baselines)
+    n_queued = enqueue_exported(study, exported)
     n = len(study.get_trials(deepcopy=False))
     print(
         f"{'created' if created else 'resuming'} study {config.name!r}"
         f" ({config.study.space} space, {n} trials so far) in {redact(storage_url(args.storage))}"
     )
+    if exported:
+        skipped = len(exported) - n_queued
+        print(
+            f"queued {n_queued} of the {len(exported)} exported trials from"
+            f" {', '.join(args.enqueue)}"
+            + (f" ({skipped} with params already in the study)" if skipped else "")
+        )
     return config, storage
 
 
@@ -246,7 +279,7 @@ def _worker(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: STOP.set())
     if args.study_file:
-        args.n_trials = args.timeout_minutes = None
+        args.n_trials = args.timeout_minutes = args.enqueue = None
         config, storage = _prepare(args)
         name = config.name
     else:
@@ -323,13 +356,35 @@ def _reap(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from search.export import export_best, write_export
+    from search.export import Export, export_best, write_export
+    from search.study import load_definition
 
-    bundle = export_best(args.study_name, _open(args), top=args.top)
+    if args.reevaluate == 1:
+        raise ExportError("--reevaluate is 1, but must be >= 2: a spread needs two seeds")
+    storage = _open(args)
+    bundle = export_best(args.study_name, storage, top=args.top)
     path = Path(args.output) if args.output else RUNS_DIR / args.study_name / "best.json"
+    if args.reevaluate:
+        from search.worker import configure_threads
+
+        # Before TensorFlow starts: the trials' own thread count reproduces their training.
+        configure_threads(args.threads or bundle["trials"][0].get("threads") or 0)
+        from search.retrain import reevaluate
+
+        definition = load_definition(args.study_name, storage, wait_seconds=0)
+        bundle = reevaluate(
+            Export(path, bundle, definition),
+            n_seeds=args.reevaluate,
+            data_dir=args.data_dir,
+            log=lambda line: print(line, flush=True),
+        )
     write_export(bundle, path)
     numbers = [entry["number"] for entry in bundle["trials"]]
-    print(f"exported trial{'s' * (len(numbers) > 1)} {numbers} of {args.study_name!r} to {path}")
+    ranked = f", best mean over {args.reevaluate} seeds first," if args.reevaluate else ""
+    print(
+        f"exported trial{'s' * (len(numbers) > 1)} {numbers} of {args.study_name!r}{ranked}"
+        f" to {path}"
+    )
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import platform
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,55 @@ def read_export(path: str | Path) -> Export:
     return Export(path, bundle, definition)
 
 
+def exported_params(
+    paths: Sequence[str | Path], config: StudyConfig, space: Any
+) -> dict[str, dict[str, Any]]:
+    """The params of every trial in these export files, checked against a study's space.
+
+    Returns:
+        "FILE#NUMBER" -> params, in file order and each file's order (best first).
+
+    Raises:
+        ExportError: a file is not a usable export, names another space, or holds params
+            the space does not suggest or that lie outside its distributions.
+    """
+    params_by_source = {}
+    for path in paths:
+        export = read_export(path)
+        exported_space = export.definition.study.space
+        if exported_space != config.study.space:
+            raise ExportError(
+                f"{export.path}: exports trials of the {exported_space!r} space, but study"
+                f" {config.name!r} searches the {config.study.space!r} space"
+            )
+        for entry in export.bundle["trials"]:
+            _check_params(export.path, entry, space, config.study.space)
+            params_by_source[f"{export.path}#{entry['number']}"] = entry["params"]
+    return params_by_source
+
+
+def _check_params(path: Path, entry: dict[str, Any], space: Any, space_name: str) -> None:
+    """The space suggests exactly these params, each inside its distribution."""
+    trial = optuna.trial.FixedTrial(entry["params"])
+    try:
+        # FixedTrial only warns about a value outside its distribution; an enqueued trial
+        # would run it anyway, so here it is an error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            space.suggest(trial)
+    except (KeyError, TypeError, ValueError, Warning) as e:
+        raise ExportError(
+            f"{path}: trial {entry['number']}: the {space_name!r} space does not accept its"
+            f" params ({e})"
+        ) from None
+    unused = sorted(set(entry["params"]) - set(trial.params))
+    if unused:
+        raise ExportError(
+            f"{path}: trial {entry['number']}: the {space_name!r} space does not suggest its"
+            f" params {unused}"
+        )
+
+
 def _entry(
     trial: optuna.trial.FrozenTrial, rank: int, definition: StudyConfig, space: Any
 ) -> dict[str, Any]:
@@ -198,6 +249,16 @@ def _check_entry(path: Path, i: int, entry: Any) -> None:
             raise ExportError(
                 f"{path}: trials[{i}] {key} is {value!r}, but must be {expected.__name__}"
             )
+    reevaluation = entry.get("reevaluation")
+    if reevaluation is not None and not (
+        isinstance(reevaluation, dict)
+        and isinstance(reevaluation.get("val_accuracy"), list)
+        and all(isinstance(reevaluation.get(key), float) for key in ("mean", "std"))
+    ):
+        raise ExportError(
+            f"{path}: trials[{i}] reevaluation must be an object with a val_accuracy list"
+            " and float mean and std"
+        )
     threads = entry.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)):
         raise ExportError(f"{path}: trials[{i}] threads is {threads!r}, but must be int or null")

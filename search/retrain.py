@@ -3,12 +3,14 @@
 The final model learns from the train split only, as the trial did: for the trial's best
 epoch, with its seed, its thread count and its learning-rate path, so its validation
 accuracy reproduces the trial's and the gap between validation and test is honest. Only
-then is the test set read, once, by the saved model.
+then is the test set read, once, by the saved model. Re-evaluation trains the same way with
+other seeds and scores the validation split only, to pick the config to retrain.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -58,33 +60,19 @@ def retrain(
     seed = entry["seed"] if seed is None else seed
     # The trials' very split and subsets.
     data = load_study_data(definition.data, data_dir=data_dir)
-    # What a trial does before it builds its model, so the weights start the same.
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)
-    # A cosine schedule spans the study's max_epochs, as in the trial, even when stopping
-    # at the best epoch; past it, it spans the longer run.
-    schedule_epochs = max(definition.trials.max_epochs, epochs)
-    model = _build(export, entry, data, schedule_epochs)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
     log(
         f"retraining trial {entry['number']} of study {export.bundle['study']!r}"
-        f" ({model.count_params():,} parameters) for {epochs} epoch{'s' * (epochs != 1)},"
-        f" seed {seed}, on {len(data.train)} training images; validating on {len(data.val)}"
+        f" for {epochs} epoch{'s' * (epochs != 1)}, seed {seed}, on {len(data.train)}"
+        f" training images; validating on {len(data.val)}"
     )
     if entry.get("warning"):
         log(f"warning: {entry['warning']}")
     start = time.monotonic()
-    fitted = fit(
-        model,
-        entry["config"],
-        data,
-        epochs=epochs,
-        schedule_epochs=schedule_epochs,
-        verbose=1 if sys.stdout.isatty() else 2,
+    model, history = train_on_split(
+        export, entry, data, epochs=epochs, seed=seed, verbose=1 if sys.stdout.isatty() else 2
     )
-    history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
     seconds = time.monotonic() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
     model.save(model_path)
     # The test numbers are those of the saved file: what anyone who loads it will get.
@@ -109,6 +97,9 @@ def retrain(
         },
         "validation": {"accuracy": history["val_accuracy"][-1], "loss": history["val_loss"][-1]},
         "trial_validation": _trial_validation(entry, trained),
+        # Other seeds' validation accuracy (`search export --reevaluate`): the spread the
+        # one number above hides.
+        "reevaluation": entry.get("reevaluation"),
         "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
         "gap": history["val_accuracy"][-1] - test["accuracy"],
         "classes": _per_class(test["confusion"], data.class_names),
@@ -125,11 +116,93 @@ def retrain(
     log(
         f"validation accuracy {report['validation']['accuracy']:.4f}"
         + _trial_note(report["trial_validation"])
+        + _reevaluation_note(report["reevaluation"])
         + f", test accuracy {test['accuracy']:.4f} (gap {report['gap']:+.4f}),"
         f" {seconds:.0f} s; wrote report.json, model.keras, history.png, confusion.png"
         f" to {out_dir}"
     )
     return report
+
+
+def reevaluate(
+    export: Export,
+    *,
+    n_seeds: int,
+    data_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The bundle with each trial retrained with `n_seeds` new seeds, best mean first.
+
+    Each config trains as its trial did (train split, best epoch, the study's schedule
+    horizon) and is scored on the validation split only: choosing among them leaves the
+    test set untouched. Each entry gets `reevaluation` (the seeds, their validation
+    accuracies, mean and standard deviation) and `rank`, its place by that mean.
+    """
+    data = load_study_data(export.definition.data, data_dir=data_dir)
+    entries = export.bundle["trials"]
+    reevaluated = []
+    for i, entry in enumerate(entries, start=1):
+        # Not the trial's own seed: that run is the one that got it selected.
+        seeds = [entry["seed"] + k for k in range(1, n_seeds + 1)]
+        accuracies = []
+        for j, seed in enumerate(seeds, start=1):
+            start = time.monotonic()
+            _, history = train_on_split(export, entry, data, epochs=entry["best_epoch"], seed=seed)
+            accuracies.append(history["val_accuracy"][-1])
+            log(
+                f"re-evaluating trial {entry['number']} ({i}/{len(entries)}), seed {seed}"
+                f" ({j}/{n_seeds}): validation accuracy {accuracies[-1]:.4f}"
+                f" after {entry['best_epoch']} epochs, {time.monotonic() - start:.0f} s"
+            )
+        reevaluation = {
+            "seeds": seeds,
+            "epochs": entry["best_epoch"],
+            "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "val_accuracy": accuracies,
+            "mean": statistics.mean(accuracies),
+            "std": statistics.stdev(accuracies),
+            "trial_rank": entry["rank"],
+        }
+        log(
+            f"trial {entry['number']}: mean validation accuracy {reevaluation['mean']:.4f}"
+            f" ± {reevaluation['std']:.4f} over {n_seeds} seeds"
+        )
+        reevaluated.append({**entry, "reevaluation": reevaluation})
+    ranked = sorted(reevaluated, key=lambda e: e["reevaluation"]["mean"], reverse=True)
+    trials = [{**entry, "rank": rank} for rank, entry in enumerate(ranked, start=1)]
+    return {**export.bundle, "trials": trials}
+
+
+def train_on_split(
+    export: Export,
+    entry: dict[str, Any],
+    data: Dataset,
+    *,
+    epochs: int,
+    seed: int,
+    verbose: int | str = 0,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train an exported trial's config on the train split as the trial did.
+
+    Returns:
+        The model and its history (loss, accuracy, val_loss, val_accuracy per epoch).
+    """
+    # What a trial does before it builds its model, so the weights start the same.
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    # A cosine schedule spans the study's max_epochs, as in the trial, even when stopping
+    # at the best epoch; past it, it spans the longer run.
+    schedule_epochs = max(export.definition.trials.max_epochs, epochs)
+    model = _build(export, entry, data, schedule_epochs)
+    fitted = fit(
+        model,
+        entry["config"],
+        data,
+        epochs=epochs,
+        schedule_epochs=schedule_epochs,
+        verbose=verbose,
+    )
+    return model, {key: [float(v) for v in values] for key, values in fitted.history.items()}
 
 
 def _build(export: Export, entry: dict[str, Any], data: Dataset, schedule_epochs: int):
@@ -200,6 +273,15 @@ def _trial_note(trial_validation: dict[str, float] | None) -> str:
     if trial_validation is None:
         return ""
     return f" (the trial's: {trial_validation['accuracy']:.4f})"
+
+
+def _reevaluation_note(reevaluation: dict[str, Any] | None) -> str:
+    if reevaluation is None:
+        return ""
+    return (
+        f" (mean over {len(reevaluation['val_accuracy'])} other seeds:"
+        f" {reevaluation['mean']:.4f} ± {reevaluation['std']:.4f})"
+    )
 
 
 def _plot_history(history: dict[str, list[float]], entry: dict[str, Any]) -> Figure:

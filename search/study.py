@@ -91,6 +91,19 @@ def create_study(
     return study, True
 
 
+def enqueue_exported(study: optuna.Study, params_by_source: dict[str, dict]) -> int:
+    """Queue exported trials' params, each once; returns how many were queued now.
+
+    `params_by_source` maps "FILE#NUMBER" to params (`search.export.exported_params`); the
+    source is recorded in the trial's `enqueued_from`. Params already in the study (queued
+    by an earlier run, or a trial it ran) are skipped, so repeating a command is harmless.
+    """
+    before = len(study.get_trials(deepcopy=False))
+    for source, params in params_by_source.items():
+        study.enqueue_trial(params, user_attrs={"enqueued_from": source}, skip_if_exists=True)
+    return len(study.get_trials(deepcopy=False)) - before
+
+
 def load_definition(
     study_name: str, storage: optuna.storages.BaseStorage, *, wait_seconds: float = 30
 ) -> StudyConfig:

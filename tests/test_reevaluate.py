@@ -1,0 +1,76 @@
+"""Noise-aware selection: `search export --reevaluate` ranks configs by their mean over seeds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import optuna
+import pytest
+from conftest import run_search
+from optuna.trial import TrialState
+
+from search.data import FASHION_MNIST_FILES, find_fashion_mnist
+from search.storage import open_storage
+
+pytestmark = pytest.mark.slow
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_reevaluated_export_ranks_by_mean_and_retrain_reports_it(study_run, tmp_path):
+    s = study_run
+    # The real training files beside test files that cannot be read: an export that
+    # touched the test set would fail.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for name in FASHION_MNIST_FILES["train"]:
+        (data_dir / name).symlink_to(find_fashion_mnist() / name)
+    for name in FASHION_MNIST_FILES["test"]:
+        (data_dir / name).write_bytes(b"not an IDX file")
+    out = tmp_path / "best.json"
+    result = run_search(
+        "export",
+        s.name,
+        "-o",
+        out,
+        "--top",
+        "2",
+        "--reevaluate",
+        "2",
+        "--data-dir",
+        data_dir,
+        "--storage",
+        s.storage,
+        cwd=s.cwd,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    entries = json.loads(out.read_text())["trials"]
+    study = optuna.load_study(study_name=s.name, storage=open_storage(s.storage))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    top = sorted(complete, key=lambda t: t.value, reverse=True)[:2]
+    # The two best trials, each trained again with two seeds other than its own.
+    assert sorted(e["number"] for e in entries) == sorted(t.number for t in top)
+    for entry in entries:
+        r = entry["reevaluation"]
+        assert r["seeds"] == [entry["seed"] + 1, entry["seed"] + 2]
+        assert r["epochs"] == entry["best_epoch"] and len(r["val_accuracy"]) == 2
+        assert r["mean"] == pytest.approx(statistics.mean(r["val_accuracy"]))
+        assert r["std"] == pytest.approx(statistics.stdev(r["val_accuracy"]))
+        # Validation numbers only: nothing in the bundle came from a test set.
+        assert "test" not in json.dumps(entry)
+    # Best mean first, ranked by it; the trial's own rank is kept beside.
+    means = [e["reevaluation"]["mean"] for e in entries]
+    assert means == sorted(means, reverse=True)
+    assert [e["rank"] for e in entries] == [1, 2]
+    assert {e["reevaluation"]["trial_rank"] for e in entries} == {1, 2}
+    # Progress: one line per seed as it finishes.
+    assert result.stdout.count("re-evaluating trial") == 4, result.stdout
+
+    # retrain takes the first entry, the winner, and carries its mean and spread.
+    result = run_search("retrain", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    winner = entries[0]
+    report = json.loads((tmp_path / f"trial-{winner['number']}" / "report.json").read_text())
+    assert report["trial"] == winner["number"]
+    assert report["reevaluation"] == winner["reevaluation"]
+    assert f"mean over 2 other seeds: {winner['reevaluation']['mean']:.4f}" in result.stdout
