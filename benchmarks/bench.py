@@ -4,12 +4,13 @@ Runs the four parts one after another (they need the machine alone; the default 
 takes about two hours on 2 cores) and writes benchmark.json, benchmark.md and the plots
 to benchmarks/results/. Scratch files (storages, logs, study files) go to runs/bench/.
 
-1. search efficiency: this service, the hand loop and KerasTuner on the conv space;
+1. search efficiency: this service, the hand loop and KerasTuner on the conv space (or
+   the space of --study, e.g. studies/conv_plus.toml, to compare spaces at equal budget);
 2. overhead: a trial against bare model.fit;
 3. storage: trials per second on SQLite and PostgreSQL, 1 to 8 workers;
 4. workers on cores: 1 worker x all threads against one 1-thread worker per core.
 
-    python -m benchmarks.bench [--budget-minutes 30] [--seeds 1] [--train-subset N] ...
+    python -m benchmarks.bench [--budget-minutes 30] [--seeds 1] [--study FILE] [--train-subset N]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from benchmarks.storage_throughput import run_storage
 from search.config import load_config
 
 # The conv study defines the search: its space, split and epochs (the data flags narrow it).
-BASE_STUDY = REPO / "studies" / "conv.toml"
+BASE_STUDY = Path("studies") / "conv.toml"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,9 +44,15 @@ def main(argv: list[str] | None = None) -> None:
         "--budget-minutes", type=float, default=30, help="wall clock per contestant (30)"
     )
     parser.add_argument("--seeds", type=int, default=1, help="runs of each contestant (1)")
+    parser.add_argument(
+        "--study",
+        type=Path,
+        default=BASE_STUDY,
+        help="the study whose space, split and epochs part 1 searches (%(default)s)",
+    )
     parser.add_argument("--train-subset", type=int, help="stratified training subset (all)")
     parser.add_argument("--validation-subset", type=int, help="validation subset (all)")
-    parser.add_argument("--max-epochs", type=int, help=f"epochs per trial ({BASE_STUDY.name}'s)")
+    parser.add_argument("--max-epochs", type=int, help="epochs per trial (the study's)")
     parser.add_argument(
         "--storage-seconds", type=float, default=20, help="per storage measurement (20)"
     )
@@ -61,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the parts print their own progress
 
-    base = load_config(BASE_STUDY).to_dict()
+    study_file = args.study if args.study.is_absolute() else REPO / args.study
+    base = load_config(study_file).to_dict()
     base["data"] |= {
         "train_subset": args.train_subset,
         "validation_subset": args.validation_subset,

@@ -1,10 +1,11 @@
-"""KerasTuner's Hyperband over the conv space: the tool a Keras user would pick instead.
+"""KerasTuner's Hyperband over the study's space: the tool a Keras user would pick instead.
 
 Not a translation of the space but the space itself: KerasTuner's HyperParameters answer
-the `suggest_*` calls of `spaces.conv.suggest`, and `spaces.conv.build` builds the model,
-so the layers, ranges and choices are the Optuna contestants'. The data split, the seed
-and max_epochs come from the same study file. Each trial's begin and end go to a
-JSON-lines file as they happen; the benchmark kills this process when its budget is spent.
+the `suggest_*` calls of the space's `suggest` (`spaces.conv` in the benchmark), and its
+`build` builds the model, so the layers, ranges and choices are the Optuna contestants'.
+The data split, the seed and max_epochs come from the same study file. Each trial's begin
+and end go to a JSON-lines file as they happen; the benchmark kills this process when its
+budget is spent.
 
     python -m benchmarks.kerastuner_conv STUDY.toml --events FILE --directory DIR --threads N
 """
@@ -24,7 +25,7 @@ from search.config import load_config
 from search.data import Dataset, load_study_data
 from search.training import learning_rate_callbacks
 from search.worker import configure_threads
-from spaces import conv
+from spaces import load_space
 
 # Hyperband's halving rate, as the Optuna contestant's HyperbandPruner(reduction_factor=3).
 FACTOR = 3
@@ -48,21 +49,22 @@ class HyperParametersTrial:
         return self.hp.Choice(name, list(choices))
 
 
-class ConvHyperModel(kt.HyperModel):
-    """spaces.conv as a KerasTuner HyperModel, trained as a trial of the service trains."""
+class SpaceHyperModel(kt.HyperModel):
+    """A space as a KerasTuner HyperModel, trained as a trial of the service trains."""
 
-    def __init__(self, data: Dataset, max_epochs: int) -> None:
+    def __init__(self, space: Any, data: Dataset, max_epochs: int) -> None:
         super().__init__()
+        self.space = space
         self.data = data
         self.max_epochs = max_epochs
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        config = conv.suggest(HyperParametersTrial(hp))
-        return conv.build(config, self.data.input_shape, self.data.num_classes)
+        config = self.space.suggest(HyperParametersTrial(hp))
+        return self.space.build(config, self.data.input_shape, self.data.num_classes)
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs):
         # The values `build` drew for this trial: the batch size and learning-rate schedule.
-        config = conv.suggest(HyperParametersTrial(hp))
+        config = self.space.suggest(HyperParametersTrial(hp))
         callbacks = [
             keras.callbacks.TerminateOnNaN(),
             *learning_rate_callbacks(config, schedule_epochs=self.max_epochs),
@@ -121,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.study_file)
     keras.utils.set_random_seed(config.study.seed)
     tuner = LoggedHyperband(
-        ConvHyperModel(load_study_data(config.data), config.trials.max_epochs),
+        SpaceHyperModel(
+            load_space(config.study.space), load_study_data(config.data), config.trials.max_epochs
+        ),
         objective=config.study.metric,
         max_epochs=config.trials.max_epochs,
         factor=FACTOR,

@@ -58,7 +58,8 @@ def _efficiency(records: list[dict[str, Any]], settings: dict[str, Any]) -> list
     lines = [
         "## 1. Search efficiency",
         "",
-        f"The conv space on {data['dataset']} (validation_split {data['validation_split']},"
+        f"The {settings['study']['study']['space']} space on {data['dataset']}"
+        f" (validation_split {data['validation_split']},"
         f" split_seed {data['split_seed']}{', ' + subsets if subsets else ''}), at most"
         f" {trials['max_epochs']} epochs per trial, {settings['budget_minutes']:g} minutes of"
         " wall clock per contestant from its launch. A model counts from the end of its trial,"

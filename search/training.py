@@ -13,6 +13,8 @@ import keras
 
 from search.data import Dataset
 
+SCHEDULES = ("constant", "step", "cosine", "plateau", "warmup_cosine", "one_cycle")
+
 
 def learning_rate_callbacks(
     config: dict[str, Any], *, schedule_epochs: int
@@ -48,7 +50,30 @@ def learning_rate_callbacks(
                 monitor="val_loss", factor=schedule["factor"], patience=schedule["patience"]
             )
         ]
-    raise ValueError(f"schedule is {name!r}, but must be constant, step, cosine or plateau")
+    if name == "warmup_cosine":
+        # Linear warm-up over `warmup` epochs to the initial rate, then cosine to zero.
+        warmup = schedule["warmup"]
+
+        def rate(epoch: int, _: float) -> float:
+            if epoch < warmup:
+                return initial * (epoch + 1) / (warmup + 1)
+            progress = (epoch - warmup) / max(1, schedule_epochs - warmup)
+            return initial * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return [keras.callbacks.LearningRateScheduler(rate)]
+    if name == "one_cycle":
+        # One cycle (Smith): from a tenth of the rate up to it by `peak` of the epochs,
+        # then cosine down to a hundredth.
+        up = max(1, round(schedule["peak"] * schedule_epochs))
+
+        def rate(epoch: int, _: float) -> float:
+            if epoch < up:
+                return initial * (0.1 + 0.9 * epoch / up)
+            progress = (epoch - up) / max(1, schedule_epochs - up)
+            return initial * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+        return [keras.callbacks.LearningRateScheduler(rate)]
+    raise ValueError(f"schedule is {name!r}, but must be one of {', '.join(SCHEDULES)}")
 
 
 def fit(

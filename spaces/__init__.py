@@ -5,7 +5,8 @@ config that includes its training settings), `build(config, input_shape, num_cla
 (a compiled keras.Model; never sees a trial), `to_params(config)` (the Optuna params
 that make `suggest` return that config) and `BASELINES` (the notebook's models as
 configs). Training settings every space shares: `optimizer`, `learning_rate`,
-`schedule` and `batch_size`. Optional: `OPTIONS` (fixed settings with defaults, set in a
+`schedule` and `batch_size`; optional: `weight_decay` (with the "adamw" optimizer) and
+`label_smoothing`. Optional: `OPTIONS` (fixed settings with defaults, set in a
 study's [space] table) and `warning(config) -> str | None` (why a config's results would
 mislead; the trial records it).
 """
@@ -16,7 +17,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-SPACES = ("dense", "conv", "transfer")
+SPACES = ("dense", "conv", "conv_plus", "transfer")
 REQUIRED = ("suggest", "build", "to_params", "BASELINES")
 
 
@@ -45,6 +46,9 @@ def load_space(name: str) -> ModuleType:
 def compile_model(model: Any, config: dict[str, Any], *, optimizer: Any = None) -> Any:
     """Compile with the config's optimizer and learning rate, for integer labels.
 
+    A config's `label_smoothing` (0 when absent) above 0 trains with smoothed labels
+    (`spaces.losses`); its `weight_decay` is AdamW's decoupled weight decay.
+
     Args:
         optimizer: the space's own optimizer instead (e.g. one with two learning rates).
     """
@@ -52,6 +56,9 @@ def compile_model(model: Any, config: dict[str, Any], *, optimizer: Any = None) 
 
     optimizers = {
         "adam": lambda lr: keras.optimizers.Adam(learning_rate=lr),
+        "adamw": lambda lr: keras.optimizers.AdamW(
+            learning_rate=lr, weight_decay=config.get("weight_decay", 0.004)
+        ),
         "sgd": lambda lr: keras.optimizers.SGD(learning_rate=lr, momentum=0.9, nesterov=True),
         "rmsprop": lambda lr: keras.optimizers.RMSprop(learning_rate=lr),
     }
@@ -61,9 +68,14 @@ def compile_model(model: Any, config: dict[str, Any], *, optimizer: Any = None) 
                 f"optimizer is {config['optimizer']!r}, but must be one of {sorted(optimizers)}"
             )
         optimizer = optimizers[config["optimizer"]](config["learning_rate"])
+    loss: Any = "sparse_categorical_crossentropy"
+    if config.get("label_smoothing", 0) > 0:
+        from spaces.losses import SparseSmoothedCrossentropy
+
+        loss = SparseSmoothedCrossentropy(config["label_smoothing"])
     model.compile(
         optimizer=optimizer,
-        loss="sparse_categorical_crossentropy",
+        loss=loss,
         metrics=["accuracy"],
     )
     return model
@@ -84,6 +96,10 @@ def suggest_schedule(trial: Any, names: tuple[str, ...]) -> dict[str, Any]:
             "patience": trial.suggest_int("plateau_patience", 1, 5),
             "factor": trial.suggest_float("plateau_factor", 0.1, 0.5),
         }
+    if name == "warmup_cosine":
+        return {"name": name, "warmup": trial.suggest_int("warmup_epochs", 1, 3)}
+    if name == "one_cycle":
+        return {"name": name, "peak": trial.suggest_float("one_cycle_peak", 0.1, 0.5)}
     return {"name": name}
 
 
@@ -94,4 +110,8 @@ def schedule_params(schedule: dict[str, Any]) -> dict[str, Any]:
         params |= {"step_every": schedule["every"], "step_factor": schedule["factor"]}
     if schedule["name"] == "plateau":
         params |= {"plateau_patience": schedule["patience"], "plateau_factor": schedule["factor"]}
+    if schedule["name"] == "warmup_cosine":
+        params |= {"warmup_epochs": schedule["warmup"]}
+    if schedule["name"] == "one_cycle":
+        params |= {"one_cycle_peak": schedule["peak"]}
     return params

@@ -71,22 +71,32 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
     Any config builds for any input size: a 'valid' conv that would shrink the feature map
     below 2x2 pads 'same' instead, and pooling stops once the map is 1x1, so deep
     configs on small images are still trained rather than failed.
+
+    Optional keys, which `conv_plus` searches and this space leaves out: `augment`
+    (random shifts, horizontal flips and erasing, in training only), `convs_per_block`
+    (1 or 2) and the head's `pooling` ("flatten" or "gap", global average pooling).
     """
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    for layer in _augmentation(config.get("augment")):
+        x = layer(x)
     k = config["kernel_size"]
     for block in config["blocks"]:
-        size = min(x.shape[1], x.shape[2])
-        padding = config["padding"] if size - (k - 1) >= 2 else "same"
-        x = keras.layers.Conv2D(block["filters"], k, padding=padding, activation="relu")(x)
-        if config["batch_norm"]:
-            x = keras.layers.BatchNormalization()(x)
-        if size >= 2:
+        for _ in range(config.get("convs_per_block", 1)):
+            size = min(x.shape[1], x.shape[2])
+            padding = config["padding"] if size - (k - 1) >= 2 else "same"
+            x = keras.layers.Conv2D(block["filters"], k, padding=padding, activation="relu")(x)
+            if config["batch_norm"]:
+                x = keras.layers.BatchNormalization()(x)
+        if min(x.shape[1], x.shape[2]) >= 2:
             x = keras.layers.MaxPooling2D(2)(x)
         if block["dropout"] > 0:
             x = keras.layers.Dropout(block["dropout"])(x)
-    x = keras.layers.Flatten()(x)
     head = config["head"]
+    if head.get("pooling", "flatten") == "gap":
+        x = keras.layers.GlobalAveragePooling2D()(x)
+    else:
+        x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(head["units"], activation="relu")(x)
     if head["batch_norm"]:
         x = keras.layers.BatchNormalization()(x)
@@ -94,6 +104,24 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
         x = keras.layers.Dropout(head["dropout"])(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
     return compile_model(keras.Model(inputs, outputs, name="conv"), config)
+
+
+def _augmentation(augment: dict[str, Any] | None) -> list[keras.layers.Layer]:
+    """Random shifts (a fraction of the side), horizontal flips and erasing (a probability).
+
+    Active in training only. Runs on the rescaled 0..1 images, per batch.
+    """
+    augment = augment or {}
+    layers: list[keras.layers.Layer] = []
+    if augment.get("shift", 0) > 0:
+        shift = augment["shift"]
+        layers.append(keras.layers.RandomTranslation(shift, shift, fill_mode="constant"))
+    if augment.get("flip", False):
+        layers.append(keras.layers.RandomFlip("horizontal"))
+    if augment.get("erase", 0) > 0:
+        p = augment["erase"]
+        layers.append(keras.layers.RandomErasing(factor=(p, p), value_range=(0, 1)))
+    return layers
 
 
 def _notebook(

@@ -8,7 +8,7 @@ from conftest import REPO, run_search, study_toml
 from search.config import ConfigError, load_config
 
 
-@pytest.mark.parametrize("name", ["quick", "dense", "conv"])
+@pytest.mark.parametrize("name", ["quick", "dense", "conv", "conv_plus", "transfer"])
 def test_shipped_studies_are_valid(name):
     config = load_config(REPO / "studies" / f"{name}.toml")
     assert config.name == name and config.direction == "maximize"

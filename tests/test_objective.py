@@ -98,3 +98,32 @@ def test_cosine_follows_the_schedule_horizon_not_the_epochs_trained():
     )
     assert scheduler.schedule(0, 0.0) == pytest.approx(1e-2)
     assert scheduler.schedule(5, 0.0) == pytest.approx(5e-3)
+
+
+def test_warmup_cosine_rises_to_the_rate_then_decays_to_zero():
+    (scheduler,) = learning_rate_callbacks(
+        {"learning_rate": 1e-2, "schedule": {"name": "warmup_cosine", "warmup": 2}},
+        schedule_epochs=12,
+    )
+    rates = [scheduler.schedule(epoch, 0.0) for epoch in range(12)]
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(1e-2)
+    assert all(a > b for a, b in zip(rates[2:], rates[3:], strict=False))
+    assert rates[7] == pytest.approx(5e-3)
+
+
+def test_one_cycle_goes_up_to_the_rate_by_its_peak_and_down_to_a_hundredth():
+    (scheduler,) = learning_rate_callbacks(
+        {"learning_rate": 1e-2, "schedule": {"name": "one_cycle", "peak": 0.3}},
+        schedule_epochs=10,
+    )
+    rates = [scheduler.schedule(epoch, 0.0) for epoch in range(11)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert max(rates) == pytest.approx(1e-2) == rates[3]
+    assert rates[10] == pytest.approx(1e-4)
+
+
+def test_unknown_schedule_names_the_value_and_the_choices():
+    with pytest.raises(ValueError, match="schedule is 'linear'.*warmup_cosine, one_cycle"):
+        learning_rate_callbacks(
+            {"learning_rate": 1e-2, "schedule": {"name": "linear"}}, schedule_epochs=10
+        )

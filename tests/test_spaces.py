@@ -8,7 +8,7 @@ import keras
 import optuna
 import pytest
 
-from spaces import SpaceError, conv, dense, load_space, transfer
+from spaces import SpaceError, conv, conv_plus, dense, load_space, transfer
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -41,7 +41,9 @@ def test_model_d_has_the_notebooks_non_trainable_parameters():
     assert sum(int(keras.ops.size(w)) for w in model.non_trainable_weights) == 704
 
 
-@pytest.mark.parametrize("space", [dense, conv, transfer], ids=["dense", "conv", "transfer"])
+@pytest.mark.parametrize(
+    "space", [dense, conv, conv_plus, transfer], ids=["dense", "conv", "conv_plus", "transfer"]
+)
 def test_every_baseline_is_a_point_the_space_can_produce(space):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for name, config in space.BASELINES.items():
@@ -57,10 +59,10 @@ def test_every_baseline_is_a_point_the_space_can_produce(space):
         study.tell(trial, 0.5)
 
 
-@pytest.mark.parametrize("space", [dense, conv], ids=["dense", "conv"])
+@pytest.mark.parametrize("space", [dense, conv, conv_plus], ids=["dense", "conv", "conv_plus"])
 def test_suggested_configs_round_trip_and_build(space):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    for _ in range(12):
+    for _ in range(20 if space is conv_plus else 12):
         trial = study.ask()
         config = space.suggest(trial)
         # Plain data: survives JSON unchanged (it is stored and exported as JSON).
@@ -73,6 +75,65 @@ def test_suggested_configs_round_trip_and_build(space):
         assert model.output_shape == (None, 10)
         study.tell(trial, 0.5)
         keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("name", list(conv.BASELINES))
+def test_conv_plus_baselines_are_the_notebooks_models(name):
+    # Every addition off: the same layers and parameter count as in the conv space.
+    plus = conv_plus.build(conv_plus.BASELINES[name], (28, 28, 1), 10)
+    plain = conv.build(conv.BASELINES[name], (28, 28, 1), 10)
+    assert plus.count_params() == PARAM_COUNTS[(conv, name)]
+    assert [type(layer) for layer in plus.layers] == [type(layer) for layer in plain.layers]
+
+
+def test_conv_plus_additions_change_the_model_as_configured():
+    config = conv_plus.BASELINES["model_b"] | {
+        "augment": {"shift": 0.1, "flip": True, "erase": 0.25},
+        "convs_per_block": 2,
+        "head": conv_plus.BASELINES["model_b"]["head"] | {"pooling": "gap"},
+        "optimizer": "adamw",
+        "weight_decay": 0.01,
+        "label_smoothing": 0.1,
+    }
+    model = conv_plus.build(config, (28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == 6
+    assert {"RandomTranslation", "RandomFlip", "RandomErasing", "GlobalAveragePooling2D"} <= set(
+        kinds
+    )
+    assert "Flatten" not in kinds
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert model.optimizer.weight_decay == pytest.approx(0.01)
+    # Augmentation acts in training only: inference is deterministic.
+    images = keras.random.randint((8, 28, 28, 1), 0, 256, seed=0).numpy().astype("uint8")
+    assert (model(images, training=False).numpy() == model(images, training=False).numpy()).all()
+    assert not (
+        model(images, training=True).numpy() == model(images, training=False).numpy()
+    ).all()
+
+
+def test_label_smoothing_of_integer_labels_matches_keras_on_one_hot_labels():
+    from spaces.losses import SparseSmoothedCrossentropy
+
+    labels = keras.ops.convert_to_tensor([0, 3, 9, 3])
+    probs = keras.ops.softmax(keras.random.normal((4, 10), seed=1))
+    expected = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)(
+        keras.ops.one_hot(labels, 10), probs
+    )
+    smoothed = SparseSmoothedCrossentropy(0.1)(labels, probs)
+    assert float(smoothed) == pytest.approx(float(expected), rel=1e-5)
+    plain = keras.losses.SparseCategoricalCrossentropy()(labels, probs)
+    assert float(SparseSmoothedCrossentropy(0.0)(labels, probs)) == pytest.approx(
+        float(plain), rel=1e-5
+    )
+
+
+def test_label_smoothed_model_saves_and_loads(tmp_path):
+    config = conv_plus.BASELINES["model_a"] | {"label_smoothing": 0.1}
+    model = conv_plus.build(config, (28, 28, 1), 10)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.loss.label_smoothing == pytest.approx(0.1)
 
 
 def test_conv_config_too_deep_for_valid_padding_still_builds():
