@@ -18,7 +18,7 @@ import optuna
 
 from search.config import ConfigError, StudyConfig, check_space_options, load_config
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, serve_dashboard
-from search.data import DataError
+from search.data import DataError, Dataset
 from search.export import ExportError, exported_params
 from search.storage import StorageError, open_storage, redact, storage_url
 from search.study import StudyError
@@ -196,8 +196,11 @@ def _existing_path(text: str) -> Path:
     return path
 
 
-def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object]:
-    """Validate a study file, its space and its dataset, then create or check the study."""
+def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object, Dataset]:
+    """Validate a study file, its space and its dataset, then create or check the study.
+
+    Returns the definition, the storage and the loaded dataset (a worker trains on it).
+    """
     from search.data import load_study_data
     from search.study import create_study, enqueue_exported
     from spaces import load_space
@@ -212,8 +215,8 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object]:
     except (KeyError, TypeError, ValueError) as e:
         raise SpaceError(f"space {config.study.space!r}: a baseline has no params ({e})") from e
     exported = exported_params(args.enqueue or [], config, space)
-    # Loaded only to validate it before the study exists.
-    load_study_data(config.data, data_dir=args.data_dir)
+    # Loaded to validate it before the study exists.
+    data = load_study_data(config.data, data_dir=args.data_dir)
     storage = _open(args, config)
     study, created = create_study(config, storage, baselines)
     n_queued = enqueue_exported(study, exported)
@@ -229,7 +232,7 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object]:
             f" {', '.join(args.enqueue)}"
             + (f" ({skipped} with params already in the study)" if skipped else "")
         )
-    return config, storage
+    return config, storage, data
 
 
 def _open(args: argparse.Namespace, config: StudyConfig | None = None):
@@ -245,7 +248,7 @@ def _open(args: argparse.Namespace, config: StudyConfig | None = None):
 def _run(args: argparse.Namespace) -> int:
     from search.worker import supervise
 
-    config, storage = _prepare(args)
+    config, storage, _ = _prepare(args)
     threads = args.threads or _default_threads(args.workers)
     worker_args = ["--study-name", config.name, "--threads", str(threads)]
     if args.storage:
@@ -280,12 +283,13 @@ def _worker(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: STOP.set())
     if args.study_file:
         args.n_trials = args.timeout_minutes = args.enqueue = None
-        config, storage = _prepare(args)
+        config, storage, data = _prepare(args)
         name = config.name
     else:
         name = args.study_name
         config = load_definition(name, _open(args))
         storage = _open(args, config)
+        data = None
     index = args.worker_index if args.worker_index is not None else _worker_seed_offset()
     try:
         run_worker(
@@ -293,6 +297,7 @@ def _worker(args: argparse.Namespace) -> int:
             storage,
             worker_index=index,
             data_dir=args.data_dir,
+            data=data,
             max_trials=args.max_trials_per_process,
         )
     except Interrupted as e:

@@ -293,6 +293,7 @@ def _retrained_section(reports: list[dict[str, Any]]) -> str:
             + _cell(r.get("threads"))
             + _cell(r["validation"]["accuracy"], ".4f")
             + _cell(trial_val, ".4f")
+            + f"<td>{_reevaluated(r.get('reevaluation'))}</td>"
             + _cell(r["test"]["accuracy"], ".4f")
             + _cell(r["test"]["loss"], ".4f")
             + _cell(r["gap"], "+.4f")
@@ -307,7 +308,8 @@ def _retrained_section(reports: list[dict[str, Any]]) -> str:
         f"{_img(_png(_plot_val_test(reports)), 'validation and test accuracy')}"
         '<table class="sortable"><thead><tr><th>trial</th><th>name</th><th>epochs</th>'
         "<th>seed</th><th>threads</th><th>val accuracy</th><th>trial's val accuracy</th>"
-        "<th>test accuracy</th><th>test loss</th><th>val - test</th><th>seconds</th>"
+        "<th>val accuracy over other seeds</th><th>test accuracy</th><th>test loss</th>"
+        "<th>val - test</th><th>seconds</th>"
         f"<th>directory</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
         f"{''.join(details)}</section>"
     )
@@ -331,10 +333,33 @@ def _retrained_details(report: dict[str, Any]) -> str:
         f" {report.get('threads')} threads ({html.escape(report['dir'].name)})</h3>"
         f"<p>test accuracy {report['test']['accuracy']:.4f}, validation accuracy"
         f" {report['validation']['accuracy']:.4f}; {report['n_params']:,} parameters,"
-        f' trained in {report["seconds"]:.0f} s</p><div class="pair">{images}</div>'
+        f" trained in {report['seconds']:.0f} s</p>{_reevaluation_details(report)}"
+        f'<div class="pair">{images}</div>'
         "<details><summary>precision and recall per class</summary><table><tr><th>class</th>"
         f"<th>precision</th><th>recall</th><th>test images</th></tr>{classes}</table></details>"
         f"<details><summary>config</summary><pre>{config}</pre></details>"
+    )
+
+
+def _reevaluated(reevaluation: dict[str, Any] | None) -> str:
+    """Mean ± standard deviation of `export --reevaluate`'s seeds, or blank."""
+    if not reevaluation:
+        return ""
+    n = len(reevaluation["val_accuracy"])
+    return f"{reevaluation['mean']:.4f} ± {reevaluation['std']:.4f} ({n} seeds)"
+
+
+def _reevaluation_details(report: dict[str, Any]) -> str:
+    r = report.get("reevaluation")
+    if not r:
+        return ""
+    runs = ", ".join(
+        f"seed {seed}: {acc:.4f}" for seed, acc in zip(r["seeds"], r["val_accuracy"], strict=True)
+    )
+    return (
+        f"<p>Chosen by validation alone: trained again for {r['epochs']} epochs with other"
+        f" seeds ({runs}), mean {r['mean']:.4f} ± {r['std']:.4f}, rank 1 by that mean"
+        f" (rank {r['trial_rank']} by its trial's own value); only then tested.</p>"
     )
 
 

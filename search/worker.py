@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.config import StudyConfig
+from search.data import Dataset
 from search.study import load_definition, make_pruner, make_sampler, progress
 
 # Seconds between a supervisor's looks at the study (progress, reaping stale trials).
@@ -46,10 +47,14 @@ def run_worker(
     *,
     worker_index: int,
     data_dir: str | None = None,
+    data: Dataset | None = None,
     max_trials: int | None = None,
     log: Callable[[str], None] = print,
 ) -> int:
     """Run trials of a study until its budget is spent, its time is up or `max_trials` ran.
+
+    Args:
+        data: the study's dataset if the caller has loaded it already; else loaded here.
 
     Returns the number of trials this worker ran.
     """
@@ -65,7 +70,8 @@ def run_worker(
         pruner=make_pruner(config),
     )
     start = time.monotonic()
-    data = load_study_data(config.data, data_dir=data_dir)
+    if data is None:
+        data = load_study_data(config.data, data_dir=data_dir)
     log(
         f"worker {worker_index}: {config.data.dataset} loaded in {time.monotonic() - start:.1f}s"
         f" ({len(data.train)} train, {len(data.val)} validation images)"

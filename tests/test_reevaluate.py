@@ -74,3 +74,21 @@ def test_reevaluated_export_ranks_by_mean_and_retrain_reports_it(study_run, tmp_
     assert report["trial"] == winner["number"]
     assert report["reevaluation"] == winner["reevaluation"]
     assert f"mean over 2 other seeds: {winner['reevaluation']['mean']:.4f}" in result.stdout
+
+    # The study's report shows the spread beside the winner's test accuracy.
+    result = run_search(
+        "report",
+        s.name,
+        "-o",
+        tmp_path / "report",
+        "--retrained",
+        tmp_path,
+        "--storage",
+        s.storage,
+        cwd=s.cwd,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    page = (tmp_path / "report" / "report.html").read_text()
+    r = winner["reevaluation"]
+    assert f"{r['mean']:.4f} ± {r['std']:.4f} (2 seeds)" in page
+    assert f"seed {r['seeds'][0]}: {r['val_accuracy'][0]:.4f}" in page
