@@ -27,7 +27,7 @@ from pathlib import Path
 import optuna
 
 from benchmarks.cores import run_cores
-from benchmarks.efficiency import run_efficiency
+from benchmarks.efficiency import CONTESTANTS, run_efficiency
 from benchmarks.harness import REPO, describe_machine, git_commit, package_versions
 from benchmarks.overhead import run_overhead
 from benchmarks.report import write_report
@@ -36,6 +36,24 @@ from search.config import load_config
 
 # The conv study defines the search: its space, split and epochs (the data flags narrow it).
 BASE_STUDY = Path("studies") / "conv.toml"
+
+
+PARTS = ("efficiency", "overhead", "storage", "cores")
+
+
+def _choices(allowed: tuple[str, ...]):
+    """An argparse type: a comma-separated subset of `allowed`, in the given order."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(v.strip() for v in text.split(",") if v.strip())
+        unknown = [v for v in chosen if v not in allowed]
+        if unknown or not chosen:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: must be a comma-separated subset of {','.join(allowed)}"
+            )
+        return chosen
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,6 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-epochs", type=int, help="epochs per trial (the study's)")
     parser.add_argument(
         "--storage-seconds", type=float, default=20, help="per storage measurement (20)"
+    )
+    parser.add_argument(
+        "--parts",
+        type=_choices(PARTS),
+        default=PARTS,
+        help=f"comma-separated parts to run (all: {','.join(PARTS)})",
+    )
+    parser.add_argument(
+        "--contestants",
+        type=_choices(tuple(CONTESTANTS)),
+        default=tuple(CONTESTANTS),
+        help=f"comma-separated contestants of part 1 (all: {','.join(CONTESTANTS)})",
     )
     parser.add_argument(
         "--out", type=Path, default=REPO / "benchmarks" / "results", help="results (%(default)s)"
@@ -99,7 +129,11 @@ def main(argv: list[str] | None = None) -> None:
         (
             "efficiency",
             lambda: run_efficiency(
-                base, budget_minutes=args.budget_minutes, seeds=args.seeds, workdir=args.workdir
+                base,
+                budget_minutes=args.budget_minutes,
+                seeds=args.seeds,
+                workdir=args.workdir,
+                contestants=args.contestants,
             ),
         ),
         ("overhead", lambda: run_overhead(base, threads=cores, workdir=args.workdir)),
@@ -107,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         ("cores", lambda: run_cores(base, minutes=cores_minutes, workdir=args.workdir)),
     )
     for name, run in parts:
+        if name not in args.parts:
+            continue
         results[name] = run()
         # Kept as it grows, so a part that fails later loses nothing measured before it.
         (args.workdir / "results.json").write_text(json.dumps(results, indent=2))

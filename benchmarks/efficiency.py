@@ -45,12 +45,17 @@ THRESHOLDS = (0.90, 0.915, 0.925)
 
 
 def run_efficiency(
-    base: dict[str, dict[str, Any]], *, budget_minutes: float, seeds: int, workdir: Path
+    base: dict[str, dict[str, Any]],
+    *,
+    budget_minutes: float,
+    seeds: int,
+    workdir: Path,
+    contestants: tuple[str, ...] = tuple(CONTESTANTS),
 ) -> list[dict[str, Any]]:
-    """Run every contestant once per seed; return one record per run."""
+    """Run the contestants (all by default) once per seed; return one record per run."""
     records = []
     for seed in range(seeds):
-        for contestant in CONTESTANTS:
+        for contestant in contestants:
             print(f"part 1: {contestant}, seed {seed}, {budget_minutes:g} min", flush=True)
             study_file = write_study(
                 workdir / f"{contestant}-seed{seed}.toml",

@@ -22,8 +22,12 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """Write benchmark.json, benchmark.md, best_over_time.png and storage.png; return the .md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot_best_over_time(results["efficiency"], results["settings"], out_dir / "best_over_time.png")
-    plot_storage(results["storage"], out_dir / "storage.png")
+    if "efficiency" in results:
+        plot_best_over_time(
+            results["efficiency"], results["settings"], out_dir / "best_over_time.png"
+        )
+    if "storage" in results:
+        plot_storage(results["storage"], out_dir / "storage.png")
     path = out_dir / "benchmark.md"
     path.write_text(markdown(results))
     return path
@@ -39,10 +43,14 @@ def markdown(results: dict[str, Any]) -> str:
         f" {settings['budget_minutes']:g} minutes per contestant, {settings['seeds']}"
         f" seed{'s' * (settings['seeds'] > 1)}.",
         "",
-        *_efficiency(results["efficiency"], settings),
-        *_overhead(results["overhead"], results["efficiency"]),
-        *_storage(results["storage"]),
-        *_cores(results["cores"]),
+        *(_efficiency(results["efficiency"], settings) if "efficiency" in results else []),
+        *(
+            _overhead(results["overhead"], results.get("efficiency", []))
+            if "overhead" in results
+            else []
+        ),
+        *(_storage(results["storage"]) if "storage" in results else []),
+        *(_cores(results["cores"]) if "cores" in results else []),
         *_machine(results),
     ]
     return "\n".join(lines) + "\n"
@@ -55,6 +63,21 @@ def _efficiency(records: list[dict[str, Any]], settings: dict[str, Any]) -> list
     )
     loads = [load for r in records for load in r["load_average"]]
     kt = [r for r in records if r["contestant"] == "kerastuner"]
+    optuna_runs = [r for r in records if r["contestant"] != "kerastuner"]
+    optuna_note = kt_note = ""
+    if optuna_runs:
+        optuna_note = (
+            f"Optuna contestants: {optuna_runs[0]['workers']} worker processes x 1 TensorFlow"
+            " thread."
+        )
+    if kt:
+        kt_note = (
+            f"KerasTuner: one process with {kt[0]['threads_per_worker']} threads, as a Keras"
+            " user runs it. Its trials started are models: the trials that continue a model"
+            f" in a later round ({', '.join(str(r['trials_continued']) for r in kt)}) are not"
+            " counted; pruned are its models left below max_epochs (not promoted, or still"
+            " waiting for promotion when the time was up)."
+        )
     lines = [
         "## 1. Search efficiency",
         "",
@@ -84,14 +107,9 @@ def _efficiency(records: list[dict[str, Any]], settings: dict[str, Any]) -> list
         "",
         "![best validation accuracy over time](best_over_time.png)",
         "",
-        "Optuna contestants: "
-        f"{records[0]['workers']} worker processes x 1 TensorFlow thread. KerasTuner: one"
-        f" process with {kt[0]['threads_per_worker']} threads, as a Keras user"
-        " runs it. Its trials started are models: the trials that continue a model in a later"
-        f" round ({', '.join(str(r['trials_continued']) for r in kt)}) are not counted;"
-        " pruned are its models left below max_epochs (not promoted, or still waiting for"
-        " promotion when the time was up). Machine load (1-minute average) at the starts and"
-        f" ends of the runs: {min(loads):.1f} to {max(loads):.1f}.",
+        " ".join(filter(None, [optuna_note, kt_note]))
+        + " Machine load (1-minute average) at the starts and ends of the runs:"
+        f" {min(loads):.1f} to {max(loads):.1f}.",
         "",
     ]
     return lines
@@ -112,12 +130,14 @@ def _overhead(o: dict[str, Any], efficiency: list[dict[str, Any]]) -> list[str]:
         ("seconds between trials (sampling, budget checks)", _mean(between)),
         ("data loading, seconds per worker (1 worker)", _mean(o["data_load_seconds"])),
     ]
-    rows.append(
-        (
-            f"data loading, seconds per worker ({efficiency[0]['workers']} at once, part 1)",
-            f"{_mean(parallel)} (max {max(parallel):.1f})",
+    if parallel:
+        workers = next(r["workers"] for r in efficiency if r["contestant"] == "search")
+        rows.append(
+            (
+                f"data loading, seconds per worker ({workers} at once, part 1)",
+                f"{_mean(parallel)} (max {max(parallel):.1f})",
+            )
         )
-    )
     return [
         "## 2. Overhead",
         "",
