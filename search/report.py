@@ -358,8 +358,9 @@ def _reevaluation_details(report: dict[str, Any]) -> str:
     )
     return (
         f"<p>Chosen by validation alone: trained again for {r['epochs']} epochs with other"
-        f" seeds ({runs}), mean {r['mean']:.4f} ± {r['std']:.4f}, rank 1 by that mean"
-        f" (rank {r['trial_rank']} by its trial's own value); only then tested.</p>"
+        f" seeds ({runs}), mean {r['mean']:.4f} ± {r['std']:.4f}, rank"
+        f" {report['export']['trials'][0]['rank']} by that mean (rank {r['trial_rank']} by"
+        " its trial's own value); only then tested.</p>"
     )
 
 
