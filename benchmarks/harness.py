@@ -72,7 +72,7 @@ def run_search(
     cwd: Path,
     budget_seconds: float | None = None,
 ) -> dt.datetime:
-    """Run `search run` on a study, stopped like Ctrl-C once `budget_seconds` have passed.
+    """Run `search run` on a study, stopped by SIGTERM once `budget_seconds` have passed.
 
     Returns the wall-clock time of the launch, on the clock Optuna stamps trials with.
     Stopped workers fail their running trials ("Interrupted"); trials that finished in
@@ -89,10 +89,11 @@ def run_search(
         try:
             proc.wait(timeout=budget_seconds)
         except subprocess.TimeoutExpired:
-            # The supervisor stops its workers at their next batch (60 s at most).
-            proc.send_signal(signal.SIGINT)
+            # The supervisor stops its workers at their next batch (60 s at most). SIGTERM,
+            # not SIGINT: a process started in the background by a shell ignores SIGINT.
+            proc.send_signal(signal.SIGTERM)
             proc.wait()
-    if proc.returncode not in (0, 130):
+    if proc.returncode not in (0, 128 + signal.SIGTERM):
         raise RuntimeError(f"search run {study_file} exited with {proc.returncode}; see {log}")
     return started
 

@@ -144,6 +144,9 @@ def supervise(
     restarts = dict.fromkeys(procs, 0)
     gave_up = False
     last_line = ""
+    # SIGTERM (kill, systemd, a container stopping) stops the workers as Ctrl-C does,
+    # rather than leaving them running without their supervisor.
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         while procs:
             optuna.storages.fail_stale_trials(study)
@@ -179,13 +182,23 @@ def supervise(
                 procs[i] = _start_worker(worker_args, i, next(starts), log_dir)
             if procs:
                 time.sleep(POLL_SECONDS)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as e:
         out("stopping workers (their running trials are failed and queued again)...")
         _stop(procs.values())
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     state = progress(study)
     out(f"[{time.strftime('%H:%M:%S')}] {state.line(n_trials, config.study.metric)}")
     return 1 if gave_up and state.finished < n_trials else 0
+
+
+class Terminated(Exception):
+    """The supervisor received SIGTERM."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _start_worker(

@@ -125,6 +125,27 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     assert trials[queued[0].number].params == victim.params
 
 
+def test_sigterm_to_the_supervisor_stops_its_workers(tmp_path, write_study):
+    # What `kill PID`, systemd or a stopping container does: SIGTERM to `search run` alone.
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = write_study(n_trials=6, max_epochs=6, train_subset=6000, pruner="none")
+    proc = start_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
+    victim = _wait_for_trial_mid_training(storage, proc)
+    workers = [t.user_attrs.get("worker") for t in _trials(storage)]
+    worker_pids = {int(w.rsplit(":", 1)[1]) for w in workers if w}
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    assert "stopping workers" in output
+    # No worker outlives its supervisor, and none left a trial RUNNING.
+    for pid in worker_pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    trials = _trials(storage)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert trials[victim.number].user_attrs["fail_reason"].startswith("Interrupted")
+
+
 def test_recycled_workers_are_replaced_and_draw_new_points(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
     study = write_study(n_trials=4, max_epochs=1, sampler="random", pruner="none")
