@@ -145,8 +145,13 @@ def supervise(
     gave_up = False
     last_line = ""
     # SIGTERM (kill, systemd, a container stopping) stops the workers as Ctrl-C does,
-    # rather than leaving them running without their supervisor.
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    # rather than leaving them running without their supervisor. SIGINT is handled even
+    # where a shell started this process ignoring it (in the background), as the workers
+    # handle it: else a Ctrl-C to the group would stop the workers and this would restart them.
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _terminated),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+    }
     try:
         while procs:
             optuna.storages.fail_stale_trials(study)
@@ -187,7 +192,8 @@ def supervise(
         _stop(procs.values())
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     state = progress(study)
     out(f"[{time.strftime('%H:%M:%S')}] {state.line(n_trials, config.study.metric)}")
     return 1 if gave_up and state.finished < n_trials else 0
