@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     trials = study_trials(name, storage)
     states = [t.state for t in trials]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        sys.exit(f"no trial of {name} completed in {args.minutes:g} min; see {work}")
     best = max(complete, key=lambda t: t.value)
     result["search"] = {
         "minutes": (time.monotonic() - start) / 60,
