@@ -20,6 +20,16 @@ SCHEDULES = ("constant", "step", "cosine", "plateau")
 
 def suggest(trial: optuna.Trial) -> dict[str, Any]:
     """Draw a conv-net config from the trial."""
+    return suggest_network(trial) | {
+        "optimizer": trial.suggest_categorical("optimizer", ["adam", "sgd"]),
+        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
+        "schedule": suggest_schedule(trial, SCHEDULES),
+        "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
+    }
+
+
+def suggest_network(trial: optuna.Trial) -> dict[str, Any]:
+    """The layers of a config: blocks, kernel, padding, batch norm and dense head."""
     n_blocks = trial.suggest_int("n_blocks", 1, 4)
     return {
         "blocks": [
@@ -37,10 +47,6 @@ def suggest(trial: optuna.Trial) -> dict[str, Any]:
             "batch_norm": trial.suggest_categorical("head_batch_norm", [False, True]),
             "dropout": trial.suggest_float("head_dropout", 0.0, 0.6),
         },
-        "optimizer": trial.suggest_categorical("optimizer", ["adam", "sgd"]),
-        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
-        "schedule": suggest_schedule(trial, SCHEDULES),
-        "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
     }
 
 

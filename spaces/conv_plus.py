@@ -25,30 +25,15 @@ build = conv.build
 
 def suggest(trial: optuna.Trial) -> dict[str, Any]:
     """Draw a conv-net config, with the additions, from the trial."""
-    n_blocks = trial.suggest_int("n_blocks", 1, 4)
-    config: dict[str, Any] = {
+    config = conv.suggest_network(trial)
+    config["head"]["pooling"] = trial.suggest_categorical("head_pooling", ["flatten", "gap"])
+    config |= {
         "augment": {
             "shift": trial.suggest_float("augment_shift", 0.0, 0.15),
             "flip": trial.suggest_categorical("augment_flip", [False, True]),
             "erase": trial.suggest_float("augment_erase", 0.0, 0.5),
         },
-        "blocks": [
-            {
-                "filters": trial.suggest_int(f"filters_b{i}", 16, 256, log=True),
-                "dropout": trial.suggest_float(f"dropout_b{i}", 0.0, 0.5),
-            }
-            for i in range(n_blocks)
-        ],
         "convs_per_block": trial.suggest_int("convs_per_block", 1, 2),
-        "kernel_size": trial.suggest_categorical("kernel_size", [3, 5]),
-        "padding": trial.suggest_categorical("padding", ["same", "valid"]),
-        "batch_norm": trial.suggest_categorical("batch_norm", [False, True]),
-        "head": {
-            "pooling": trial.suggest_categorical("head_pooling", ["flatten", "gap"]),
-            "units": trial.suggest_int("head_units", 32, 512, log=True),
-            "batch_norm": trial.suggest_categorical("head_batch_norm", [False, True]),
-            "dropout": trial.suggest_float("head_dropout", 0.0, 0.6),
-        },
         "optimizer": trial.suggest_categorical("optimizer", OPTIMIZERS),
     }
     if config["optimizer"] == "adamw":
