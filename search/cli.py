@@ -335,6 +335,7 @@ def _reap(args: argparse.Namespace) -> int:
 
     import optuna
 
+    from search.storage import TRANSIENT_ERRORS
     from search.study import load_definition
 
     storage = _open(args)
@@ -344,11 +345,28 @@ def _reap(args: argparse.Namespace) -> int:
         optuna.load_study(study_name=name, storage=_open(args, load_definition(name, storage)))
         for name in names
     ]
+    if args.every:
+        print(
+            f"reaping stale trials of {', '.join(names) or 'no study yet'}"
+            f" every {args.every:g}s; Ctrl-C stops",
+            flush=True,
+        )
     while True:
         for study in studies:
-            before = len(study.get_trials(deepcopy=False))
-            optuna.storages.fail_stale_trials(study)
-            retried = [t.number for t in study.get_trials(deepcopy=False)[before:]]
+            try:
+                before = len(study.get_trials(deepcopy=False))
+                optuna.storages.fail_stale_trials(study)
+                retried = [t.number for t in study.get_trials(deepcopy=False)[before:]]
+            except TRANSIENT_ERRORS as e:
+                if not args.every:
+                    raise
+                # A reaper outlives database restarts: the next round catches up.
+                print(
+                    f"{study.study_name}: storage unreachable, trying again in"
+                    f" {args.every:g}s ({type(e).__name__}: {str(e).splitlines()[0]})",
+                    flush=True,
+                )
+                continue
             if retried or not args.every:
                 print(
                     f"{study.study_name}: {len(retried)} stale trials failed and queued again"

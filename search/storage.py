@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import warnings
 from pathlib import Path
 
 import optuna
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 DEFAULT_STORAGE = "sqlite:///runs/search.db"
 MAX_RETRY = 1
+# What a storage raises while its database is unreachable for a moment (a restart, a network
+# blip): Optuna wraps most driver errors, but a failed connect can come through unwrapped.
+TRANSIENT_ERRORS = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
 
 
 class StorageError(ValueError):
@@ -80,7 +84,7 @@ def open_storage(
         # Heartbeats and their retry callback are marked experimental; we rely on them.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            return optuna.storages.RDBStorage(
+            return _Storage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
@@ -91,6 +95,28 @@ def open_storage(
             )
         except ImportError as e:
             raise StorageError(f"storage URL {redact(url)}: driver missing ({e})") from None
+
+
+class _Storage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeats outlive a moment without the database.
+
+    Optuna records heartbeats in a thread that dies at its first error, so a database
+    restart of a second would leave every running trial without heartbeats: reaped after
+    the grace period while its worker still trains it. Here a failed heartbeat is skipped and
+    the next one tried; a database gone for longer than the grace period still fails the
+    trial, and the worker finds out at its next report.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except TRANSIENT_ERRORS as e:
+            print(
+                f"heartbeat of trial id {trial_id} not recorded, trying again:"
+                f" {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _prepare_sqlite(database: str | None) -> dict:

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from search.config import StudyConfig
 from search.data import Dataset
+from search.storage import TRANSIENT_ERRORS
 from search.study import load_definition, make_pruner, make_sampler, progress
 
 # Seconds between a supervisor's looks at the study (progress, reaping stale trials).
@@ -154,13 +155,22 @@ def supervise(
     }
     try:
         while procs:
-            optuna.storages.fail_stale_trials(study)
-            state = progress(study)
-            line = state.line(n_trials, config.study.metric)
+            try:
+                optuna.storages.fail_stale_trials(study)
+                state = progress(study)
+            except TRANSIENT_ERRORS as e:
+                # The workers wait for the database themselves (or exit and are restarted);
+                # the supervisor keeps tending them and looks at the study again next time.
+                line = (
+                    f"storage unreachable ({type(e).__name__}); looking again in {POLL_SECONDS:g}s"
+                )
+                state = None
+            else:
+                line = state.line(n_trials, config.study.metric)
             if line != last_line:
                 out(f"[{time.strftime('%H:%M:%S')}] {line}")
                 last_line = line
-            spent = state.finished >= n_trials or (
+            spent = (state is not None and state.finished >= n_trials) or (
                 deadline is not None and time.monotonic() >= deadline
             )
             for i, proc in list(procs.items()):

@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import cli_env, run_search, search_cmd
+from conftest import cli_env, run_search, search_cmd, start_search
 from optuna.trial import TrialState
 from pgserver import PostgresServer
 
@@ -20,6 +20,8 @@ from search.storage import open_storage
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 GRACE, REAP_EVERY = 5, 2
+# Seconds the study may take; it takes about 60 on 2 cores.
+DEADLINE = 600
 DONE = {TrialState.COMPLETE, TrialState.PRUNED}
 
 
@@ -74,6 +76,22 @@ def _trials(url: str):
         storage.engine.dispose()
 
 
+def _stuck(trials, fleet: Fleet, logs, reaper: subprocess.Popen) -> str:
+    """What a study that did not finish in time looks like: its trials, workers and logs."""
+    reaper.kill()
+    lines = [f"the study did not finish in {DEADLINE} s; trials:"]
+    lines += [
+        f"  {t.number} {t.state.name} epochs={len(t.intermediate_values)}"
+        f" worker={t.user_attrs.get('worker')} retry_of={t.system_attrs.get('failed_trial')}"
+        for t in trials
+    ]
+    lines.append(f"workers: { {i: (p.pid, p.poll()) for i, p in fleet.procs.items()} }")
+    for log in sorted(logs.iterdir()):
+        lines += [f"--- {log.name}", *log.read_text().splitlines()[-15:]]
+    lines += ["--- reaper", *reaper.communicate()[0].splitlines()[-15:]]
+    return "\n".join(lines)
+
+
 def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -103,10 +121,10 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
             fleet.start(index)
         killed: dict[int, tuple[datetime.datetime, dict]] = {}
         restarted_db = False
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + DEADLINE
         while fleet.tend():
-            assert time.monotonic() < deadline, "the study did not finish in 10 minutes"
             trials = _trials(pg.url)
+            assert time.monotonic() < deadline, _stuck(trials, fleet, logs, reaper)
             if len(killed) < 2:
                 # Kill a worker that is in the middle of a trial, and start its replacement.
                 for t in trials:
@@ -123,6 +141,8 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
                 pg.restart()
                 restarted_db = True
             time.sleep(0.2)
+        # The reaper outlived the database restart.
+        assert reaper.poll() is None, reaper.communicate()[0]
         reaper.send_signal(signal.SIGINT)
         reaper_output = reaper.communicate(timeout=30)[0]
         trials = _trials(pg.url)
@@ -150,4 +170,35 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
         # ...and retried once, with the same parameters, to the end.
         assert retried[number].params == params and retried[number].state in DONE
         assert sum(t.system_attrs.get("failed_trial") == number for t in trials) == 1
-    assert "stale trials failed and queued again" in reaper_output
+    assert "stale trials failed and queued again" in reaper_output, reaper_output
+
+
+def test_heartbeats_and_the_reaper_outlive_a_database_outage(tmp_path, write_study, capfd):
+    """A database gone for a moment costs no running trial, and the reaper keeps reaping."""
+    with PostgresServer() as pg:
+        study_file = write_study(heartbeat_interval=1, grace_period=GRACE)
+        assert run_search("create", study_file, "--storage", pg.url, cwd=tmp_path).returncode == 0
+        storage = open_storage(pg.url, heartbeat_interval=1, grace_period=GRACE)
+        study = optuna.load_study(study_name="t", storage=storage)
+        trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)
+        reaper = start_search("reap", "--every", "1", "--storage", pg.url, cwd=tmp_path)
+        try:
+            assert reaper.stdout.readline().startswith("reaping stale trials of t every 1s")
+            pg.stop()
+            # A worker's heartbeat thread calls this: it must not die of the outage.
+            storage.record_heartbeat(trial._trial_id)
+            assert "heartbeat of trial id" in capfd.readouterr().err
+            time.sleep(3)
+            pg.start()
+            storage.record_heartbeat(trial._trial_id)
+            # The outage was shorter than the grace period: the trial still runs.
+            optuna.storages.fail_stale_trials(study)
+            assert study.get_trials(deepcopy=False)[0].state == TrialState.RUNNING
+            time.sleep(2)
+            assert reaper.poll() is None, reaper.communicate()[0]
+        finally:
+            reaper.send_signal(signal.SIGINT)
+            output = reaper.communicate(timeout=30)[0]
+        storage.engine.dispose()
+    assert "t: storage unreachable, trying again in 1s" in output, output
