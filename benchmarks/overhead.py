@@ -2,7 +2,9 @@
 
 One worker runs a few trials of a fixed model (benchmarks.fixed_space, the notebook's
 model_b) on the search data; a separate process fits the same model on the same data with
-bare `model.fit` and the same threads. Compared: training throughput (train images per
+bare `model.fit` and the same threads, once before the trials and once after them, so that
+a machine whose speed changes during the part shows as drift instead of as overhead (a
+shared or throttled CPU did exactly that once). Compared: training throughput (train images per
 second of fit, validation included in both), the time a trial spends outside fit
 (clearing the session, building, storage writes) and between trials (sampling, budget
 checks), and the worker's data loading time.
@@ -37,7 +39,10 @@ def run_overhead(
     base: dict[str, dict[str, Any]], *, threads: int, workdir: Path
 ) -> dict[str, Any]:
     """Time trials of model_b against bare fits of it; return the measures and the ratios."""
-    print(f"part 2: {N_TRIALS} trials of model_b against {N_TRIALS} bare fits", flush=True)
+    print(
+        f"part 2: {N_TRIALS} trials of model_b between {N_TRIALS} bare fits before and after",
+        flush=True,
+    )
     sections = copy.deepcopy(base)
     sections["study"] |= {"name": "overhead", "space": "benchmarks.fixed_space"}
     sections["trials"] |= {
@@ -50,12 +55,14 @@ def run_overhead(
     }
     study_file = write_study(workdir / "overhead.toml", sections)
     storage = f"sqlite:///{workdir / 'overhead.db'}"
+    before = _run_bare(study_file, threads=threads, repeats=N_TRIALS)
     run_search(study_file, storage=storage, workers=1, threads=threads, cwd=workdir)
     trials = [t for t in study_trials("overhead", storage) if t.state == TrialState.COMPLETE]
     if len(trials) != N_TRIALS:
         raise RuntimeError(f"{len(trials)} of {N_TRIALS} overhead trials completed; see {workdir}")
-    bare = _run_bare(study_file, threads=threads, repeats=N_TRIALS)
-    n_train = bare["n_train"]
+    after = _run_bare(study_file, threads=threads, repeats=N_TRIALS)
+    n_train = before["n_train"]
+    bare = {"fit_seconds": before["fit_seconds"] + after["fit_seconds"]}
     fit = [t.user_attrs["seconds"] for t in trials]
     whole = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     between = [
@@ -70,6 +77,9 @@ def run_overhead(
         "epochs": EPOCHS,
         "n_train": n_train,
         "bare_fit_seconds": bare["fit_seconds"],
+        # Bare fits after the trials over those before: 1 on a machine of constant speed.
+        "bare_drift": statistics.mean(after["fit_seconds"])
+        / statistics.mean(before["fit_seconds"]),
         "trial_fit_seconds": fit,
         "trial_seconds": whole,
         "bare_images_per_second": bare_rate,

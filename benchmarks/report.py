@@ -16,6 +16,8 @@ from benchmarks.efficiency import CONTESTANTS, THRESHOLDS
 
 COLORS = {"search": "tab:blue", "hand": "tab:orange", "kerastuner": "tab:green"}
 SEED_STYLES = ("-", "--", ":", "-.")
+# Bare-fit speed change (after / before the trials) beyond which overhead ratios mean little.
+DRIFT_TOLERANCE = 0.15
 
 
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
@@ -130,6 +132,15 @@ def _overhead(o: dict[str, Any], efficiency: list[dict[str, Any]]) -> list[str]:
         ("seconds between trials (sampling, budget checks)", _mean(between)),
         ("data loading, seconds per worker (1 worker)", _mean(o["data_load_seconds"])),
     ]
+    drift = o.get("bare_drift")
+    if drift is not None:
+        rows.insert(
+            2,
+            (
+                "bare fits after the trials / before (speed drift; 1 = steady)",
+                f"{drift:.3f}" + ("" if abs(drift - 1) <= DRIFT_TOLERANCE else " (unsteady)"),
+            ),
+        )
     if parallel:
         workers = next(r["workers"] for r in efficiency if r["contestant"] == "search")
         rows.append(
@@ -144,11 +155,25 @@ def _overhead(o: dict[str, Any], efficiency: list[dict[str, Any]]) -> list[str]:
         f"{o['trials']} trials of the notebook's model_b ({o['epochs']} epochs on"
         f" {o['n_train']} training images, 1 worker x {o['threads']} threads) against"
         f" {len(o['bare_fit_seconds'])} bare `model.fit` calls of the same model on the same"
-        " data and threads, in a process of their own. Means over the trials.",
+        " data and threads, in a process of their own"
+        + (" (half before the trials, half after)." if drift is not None else ".")
+        + " Means over the trials.",
         "",
+        *_unsteady(drift),
         "| measure | value |",
         "|---|---|",
         *(f"| {name} | {value} |" for name, value in rows),
+        "",
+    ]
+
+
+def _unsteady(drift: float | None) -> list[str]:
+    if drift is None or abs(drift - 1) <= DRIFT_TOLERANCE:
+        return []
+    return [
+        f"**The machine's speed changed during this part** (bare fits after the trials took"
+        f" {drift:.2f}x as long as those before): the throughput ratios below are not a"
+        " measure of overhead; run the part again on an otherwise idle machine.",
         "",
     ]
 
