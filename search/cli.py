@@ -335,7 +335,7 @@ def _reap(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from search.storage import TRANSIENT_ERRORS
+    from search.storage import TRANSIENT_ERRORS, describe_error
     from search.study import load_definition
 
     storage = _open(args)
@@ -363,7 +363,7 @@ def _reap(args: argparse.Namespace) -> int:
                 # A reaper outlives database restarts: the next round catches up.
                 print(
                     f"{study.study_name}: storage unreachable, trying again in"
-                    f" {args.every:g}s ({type(e).__name__}: {str(e).splitlines()[0]})",
+                    f" {args.every:g}s ({describe_error(e)})",
                     flush=True,
                 )
                 continue

@@ -26,6 +26,12 @@ MAX_RETRY = 1
 TRANSIENT_ERRORS = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
 
 
+def describe_error(e: BaseException) -> str:
+    """One line for a storage error: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 class StorageError(ValueError):
     """A storage URL that cannot be used; the message names it and why."""
 
@@ -113,7 +119,7 @@ class _Storage(optuna.storages.RDBStorage):
         except TRANSIENT_ERRORS as e:
             print(
                 f"heartbeat of trial id {trial_id} not recorded, trying again:"
-                f" {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                f" {describe_error(e)}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from search.config import StudyConfig
 from search.data import Dataset
-from search.storage import TRANSIENT_ERRORS
+from search.storage import TRANSIENT_ERRORS, describe_error
 from search.study import load_definition, make_pruner, make_sampler, progress
 
 # Seconds between a supervisor's looks at the study (progress, reaping stale trials).
@@ -161,9 +161,7 @@ def supervise(
             except TRANSIENT_ERRORS as e:
                 # The workers wait for the database themselves (or exit and are restarted);
                 # the supervisor keeps tending them and looks at the study again next time.
-                line = (
-                    f"storage unreachable ({type(e).__name__}); looking again in {POLL_SECONDS:g}s"
-                )
+                line = f"storage unreachable ({describe_error(e)}); looking again soon"
                 state = None
             else:
                 line = state.line(n_trials, config.study.metric)
