@@ -12,10 +12,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
+import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
+import sqlalchemy
+from optuna.storages._rdb import models
+from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -104,14 +109,41 @@ def open_storage(
 
 
 class _Storage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage whose heartbeats outlive a moment without the database.
+    """Optuna's RDB storage, with two holes of its heartbeats closed.
 
     Optuna records heartbeats in a thread that dies at its first error, so a database
     restart of a second would leave every running trial without heartbeats: reaped after
     the grace period while its worker still trains it. Here a failed heartbeat is skipped and
     the next one tried; a database gone for longer than the grace period still fails the
     trial, and the worker finds out at its next report.
+
+    Optuna never counts a RUNNING trial as stale before its first heartbeat, so a worker
+    that dies between starting a trial and that heartbeat (the database lost at that moment,
+    a kill) leaves a trial RUNNING forever, and a study whose budget counts it never ends.
+    Here such a trial is stale once this process has seen it without a heartbeat for the
+    grace period: timed by this process's clock, so clocks of other machines cannot matter.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Study id -> {trial id: when this process first saw it RUNNING without heartbeat}.
+        self._silent_since: dict[int, dict[int, float]] = {}
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        trials = models.TrialModel
+        query = sqlalchemy.select(trials.trial_id).where(
+            trials.study_id == study_id,
+            trials.state == TrialState.RUNNING,
+            ~trials.heartbeats.any(),
+        )
+        with self.engine.connect() as conn:
+            silent = conn.execute(query).scalars().all()
+        now = time.monotonic()
+        before = self._silent_since.get(study_id, {})
+        since = self._silent_since[study_id] = {i: before.get(i, now) for i in silent}
+        grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
+        return stale + [i for i, t in since.items() if now - t > grace and i not in stale]
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
