@@ -62,7 +62,7 @@ def run_overhead(
         raise RuntimeError(f"{len(trials)} of {N_TRIALS} overhead trials completed; see {workdir}")
     after = _run_bare(study_file, threads=threads, repeats=N_TRIALS)
     n_train = before["n_train"]
-    bare = {"fit_seconds": before["fit_seconds"] + after["fit_seconds"]}
+    bare = before["fit_seconds"] + after["fit_seconds"]
     fit = [t.user_attrs["seconds"] for t in trials]
     whole = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     between = [
@@ -70,13 +70,13 @@ def run_overhead(
         for a, b in zip(trials, trials[1:], strict=False)
     ]
     images = n_train * EPOCHS
-    bare_rate = images / statistics.mean(bare["fit_seconds"])
+    bare_rate = images / statistics.mean(bare)
     return {
         "threads": threads,
         "trials": N_TRIALS,
         "epochs": EPOCHS,
         "n_train": n_train,
-        "bare_fit_seconds": bare["fit_seconds"],
+        "bare_fit_seconds": bare,
         # Bare fits after the trials over those before: 1 on a machine of constant speed.
         "bare_drift": statistics.mean(after["fit_seconds"])
         / statistics.mean(before["fit_seconds"]),
@@ -84,8 +84,8 @@ def run_overhead(
         "trial_seconds": whole,
         "bare_images_per_second": bare_rate,
         "trial_fit_images_per_second": images / statistics.mean(fit),
-        "fit_ratio": statistics.mean(bare["fit_seconds"]) / statistics.mean(fit),
-        "whole_trial_ratio": statistics.mean(bare["fit_seconds"]) / statistics.mean(whole),
+        "fit_ratio": statistics.mean(bare) / statistics.mean(fit),
+        "whole_trial_ratio": statistics.mean(bare) / statistics.mean(whole),
         "seconds_in_trial_outside_fit": [w - f for w, f in zip(whole, fit, strict=True)],
         "seconds_between_trials": between,
         "data_load_seconds": worker_load_seconds(workdir, "overhead"),
