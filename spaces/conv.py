@@ -84,7 +84,7 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
     """
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    for layer in _augmentation(config.get("augment")):
+    for layer in augmentation(config.get("augment")):
         x = layer(x)
     k = config["kernel_size"]
     for block in config["blocks"]:
@@ -112,7 +112,7 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
     return compile_model(keras.Model(inputs, outputs, name="conv"), config)
 
 
-def _augmentation(augment: dict[str, Any] | None) -> list[keras.layers.Layer]:
+def augmentation(augment: dict[str, Any] | None) -> list[keras.layers.Layer]:
     """Random shifts (a fraction of the side), horizontal flips and erasing (a probability).
 
     Active in training only. Runs on the rescaled 0..1 images, per batch.

@@ -1,6 +1,9 @@
 """Dense nets: 1-4 hidden layers with width, dropout, L1 activity regularization, batch norm.
 
-The notebook's Q3-Q4 models are points of this space (`BASELINES`).
+Training settings are searched too: Adam or AdamW (decoupled weight decay), learning rate
+and its schedule (constant, step decay, cosine, warm-up + cosine), label smoothing, batch
+size, and data augmentation in training only (small random shifts, horizontal flips).
+The notebook's Q3-Q4 models are points of this space (`BASELINES`), every addition off.
 """
 
 from __future__ import annotations
@@ -10,24 +13,36 @@ from typing import Any
 import keras
 import optuna
 
-from spaces import compile_model
+from spaces import compile_model, schedule_params, suggest_schedule
+from spaces.conv import augmentation
 
 BATCH_SIZES = [32, 64, 128, 256]
+SCHEDULES = ("constant", "step", "cosine", "warmup_cosine")
+OPTIMIZERS = ["adam", "adamw"]
 
 
 def suggest(trial: optuna.Trial) -> dict[str, Any]:
     """Draw a dense-net config from the trial."""
     n_layers = trial.suggest_int("n_layers", 1, 4)
     use_l1 = trial.suggest_categorical("use_l1", [False, True])
-    return {
+    config: dict[str, Any] = {
         "units": [trial.suggest_int(f"units_l{i}", 32, 1024, log=True) for i in range(n_layers)],
         "dropout": [trial.suggest_float(f"dropout_l{i}", 0.0, 0.5) for i in range(n_layers)],
         # Off, or a log-scaled strength: the notebook's 1e-4 sits in the middle.
         "l1": trial.suggest_float("l1", 1e-6, 1e-2, log=True) if use_l1 else 0.0,
         "batch_norm": trial.suggest_categorical("batch_norm", [False, True]),
-        "optimizer": "adam",
+        "augment": {
+            "shift": trial.suggest_float("augment_shift", 0.0, 0.1),
+            "flip": trial.suggest_categorical("augment_flip", [False, True]),
+        },
+        "optimizer": trial.suggest_categorical("optimizer", OPTIMIZERS),
+    }
+    if config["optimizer"] == "adamw":
+        config["weight_decay"] = trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True)
+    return config | {
+        "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
         "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
-        "schedule": {"name": "constant"},
+        "schedule": suggest_schedule(trial, SCHEDULES),
         "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
     }
 
@@ -41,7 +56,16 @@ def to_params(config: dict[str, Any]) -> dict[str, Any]:
     if config["l1"] > 0:
         params["l1"] = config["l1"]
     params["batch_norm"] = config["batch_norm"]
+    # Configs exported before the additions existed have none of their keys: all off.
+    augment = config.get("augment", {})
+    params["augment_shift"] = augment.get("shift", 0.0)
+    params["augment_flip"] = augment.get("flip", False)
+    params["optimizer"] = config["optimizer"]
+    if config["optimizer"] == "adamw":
+        params["weight_decay"] = config["weight_decay"]
+    params["label_smoothing"] = config.get("label_smoothing", 0.0)
     params["learning_rate"] = config["learning_rate"]
+    params |= schedule_params(config["schedule"])
     params["batch_size"] = config["batch_size"]
     return params
 
@@ -49,8 +73,10 @@ def to_params(config: dict[str, Any]) -> dict[str, Any]:
 def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """Build and compile the dense net a config describes."""
     inputs = keras.Input(shape=input_shape)
-    x = keras.layers.Flatten()(inputs)
-    x = keras.layers.Rescaling(1.0 / 255)(x)
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    for layer in augmentation(config.get("augment")):
+        x = layer(x)
+    x = keras.layers.Flatten()(x)
     for units, dropout in zip(config["units"], config["dropout"], strict=True):
         regularizer = keras.regularizers.L1(config["l1"]) if config["l1"] > 0 else None
         x = keras.layers.Dense(units, activation="relu", activity_regularizer=regularizer)(x)
@@ -69,7 +95,9 @@ def _notebook(units: list[int], dropout: float = 0.0, l1: float = 0.0) -> dict[s
         "dropout": [dropout] * len(units),
         "l1": l1,
         "batch_norm": False,
+        "augment": {"shift": 0.0, "flip": False},
         "optimizer": "adam",
+        "label_smoothing": 0.0,
         "learning_rate": 1e-3,
         "schedule": {"name": "constant"},
         "batch_size": 32,

@@ -112,6 +112,45 @@ def test_conv_plus_additions_change_the_model_as_configured():
     ).all()
 
 
+def test_dense_additions_change_the_model_as_configured():
+    config = dense.BASELINES["model_3"] | {
+        "augment": {"shift": 0.1, "flip": True},
+        "optimizer": "adamw",
+        "weight_decay": 0.02,
+        "label_smoothing": 0.1,
+        "schedule": {"name": "cosine"},
+    }
+    model = dense.build(config, (28, 28, 1), 10)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert {"RandomTranslation", "RandomFlip"} <= set(kinds)
+    assert model.count_params() == PARAM_COUNTS[(dense, "model_3")]
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert model.optimizer.weight_decay == pytest.approx(0.02)
+    assert model.loss.label_smoothing == pytest.approx(0.1)
+    images = keras.random.randint((8, 28, 28, 1), 0, 256, seed=0).numpy().astype("uint8")
+    assert (model(images, training=False).numpy() == model(images, training=False).numpy()).all()
+    assert not (
+        model(images, training=True).numpy() == model(images, training=False).numpy()
+    ).all()
+
+
+def test_dense_config_exported_before_the_additions_is_still_a_point_of_the_space():
+    # An export written before dense had augmentation, AdamW and label smoothing.
+    old = {
+        "units": [512, 256],
+        "dropout": [0.5, 0.5],
+        "l1": 0.0,
+        "batch_norm": False,
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "schedule": {"name": "constant"},
+        "batch_size": 32,
+    }
+    params = dense.to_params(old)
+    assert dense.suggest(optuna.trial.FixedTrial(params)) == dense.BASELINES["model_3"]
+    assert dense.build(old, (28, 28, 1), 10).count_params() == PARAM_COUNTS[(dense, "model_3")]
+
+
 def test_label_smoothing_of_integer_labels_matches_keras_on_one_hot_labels():
     from spaces.losses import SparseSmoothedCrossentropy
 
