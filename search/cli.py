@@ -120,7 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=_positive_int,
-        help="TensorFlow threads to re-evaluate with (default: the best trial's)",
+        help="TensorFlow threads per re-evaluation training (default: the best trial's)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        help="re-evaluation trainings at once, each in its own process (default: this"
+        " machine's cores divided by the threads)",
     )
     p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
 
@@ -391,13 +397,17 @@ def _export(args: argparse.Namespace) -> int:
         from search.worker import configure_threads
 
         # Before TensorFlow starts: the trials' own thread count reproduces their training.
-        configure_threads(args.threads or bundle["trials"][0].get("threads") or 0)
+        threads = args.threads or bundle["trials"][0].get("threads") or 0
+        configure_threads(threads)
         from search.retrain import reevaluate
 
         definition = load_definition(args.study_name, storage, wait_seconds=0)
+        cores = os.cpu_count() or 1
         bundle = reevaluate(
             Export(path, bundle, definition),
             n_seeds=args.reevaluate,
+            jobs=args.jobs or (max(1, cores // threads) if threads else 1),
+            threads=threads,
             data_dir=args.data_dir,
             log=lambda line: print(line, flush=True),
         )

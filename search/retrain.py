@@ -9,11 +9,14 @@ other seeds and scores the validation split only, to pick the config to retrain.
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from search.config import DataSection
 from search.data import Dataset, Split, load_study_data, load_test
 from search.export import Export, ExportError, versions
 from search.training import fit, learning_rate_callbacks
@@ -128,6 +132,8 @@ def reevaluate(
     export: Export,
     *,
     n_seeds: int,
+    jobs: int = 1,
+    threads: int = 0,
     data_dir: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -137,30 +143,60 @@ def reevaluate(
     horizon) and is scored on the validation split only: choosing among them leaves the
     test set untouched. Each entry gets `reevaluation` (the seeds, their validation
     accuracies, mean and standard deviation) and `rank`, its place by that mean.
+
+    Args:
+        jobs: trainings at once, each in its own process with `threads` TensorFlow
+            threads (0: TensorFlow's default); 1 trains here, one after another. A seed's
+            result does not depend on `jobs`.
     """
-    data = load_study_data(export.definition.data, data_dir=data_dir)
     entries = export.bundle["trials"]
+    runs = [
+        # Not the trial's own seed: that run is the one that got it selected.
+        (i, entry, j, entry["seed"] + j)
+        for i, entry in enumerate(entries, start=1)
+        for j in range(1, n_seeds + 1)
+    ]
+    accuracies: dict[tuple[int, int], float] = {}
+
+    def done(i: int, entry: dict[str, Any], j: int, seed: int, accuracy: float, seconds: float):
+        accuracies[i, j] = accuracy
+        log(
+            f"re-evaluating trial {entry['number']} ({i}/{len(entries)}), seed {seed}"
+            f" ({j}/{n_seeds}): validation accuracy {accuracy:.4f}"
+            f" after {entry['best_epoch']} epochs, {seconds:.0f} s"
+        )
+
+    jobs = min(jobs, len(runs))
+    if jobs <= 1:
+        for run in runs:
+            done(*run, *_reevaluate_run(export, run[1], run[3], data_dir))
+    else:
+        log(f"re-evaluating {len(runs)} trainings, {jobs} at once")
+        pool = ProcessPoolExecutor(
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_job,
+            initargs=(threads,),
+        )
+        try:
+            futures = {
+                pool.submit(_reevaluate_run, export, run[1], run[3], data_dir): run for run in runs
+            }
+            for future in as_completed(futures):
+                done(*futures[future], *future.result())
+        finally:
+            # On an error or Ctrl-C, the trainings not yet started never start.
+            pool.shutdown(cancel_futures=True)
     reevaluated = []
     for i, entry in enumerate(entries, start=1):
-        # Not the trial's own seed: that run is the one that got it selected.
-        seeds = [entry["seed"] + k for k in range(1, n_seeds + 1)]
-        accuracies = []
-        for j, seed in enumerate(seeds, start=1):
-            start = time.monotonic()
-            _, history = train_on_split(export, entry, data, epochs=entry["best_epoch"], seed=seed)
-            accuracies.append(history["val_accuracy"][-1])
-            log(
-                f"re-evaluating trial {entry['number']} ({i}/{len(entries)}), seed {seed}"
-                f" ({j}/{n_seeds}): validation accuracy {accuracies[-1]:.4f}"
-                f" after {entry['best_epoch']} epochs, {time.monotonic() - start:.0f} s"
-            )
+        values = [accuracies[i, j] for j in range(1, n_seeds + 1)]
         reevaluation = {
-            "seeds": seeds,
+            "seeds": [entry["seed"] + j for j in range(1, n_seeds + 1)],
             "epochs": entry["best_epoch"],
-            "threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "val_accuracy": accuracies,
-            "mean": statistics.mean(accuracies),
-            "std": statistics.stdev(accuracies),
+            "threads": threads or tf.config.threading.get_intra_op_parallelism_threads(),
+            "val_accuracy": values,
+            "mean": statistics.mean(values),
+            "std": statistics.stdev(values),
             "trial_rank": entry["rank"],
         }
         log(
@@ -171,6 +207,29 @@ def reevaluate(
     ranked = sorted(reevaluated, key=lambda e: e["reevaluation"]["mean"], reverse=True)
     trials = [{**entry, "rank": rank} for rank, entry in enumerate(ranked, start=1)]
     return {**export.bundle, "trials": trials}
+
+
+def _start_job(threads: int) -> None:
+    """A re-evaluation process: its thread count, before TensorFlow starts its runtime."""
+    from search.worker import configure_threads
+
+    configure_threads(threads)
+
+
+@functools.cache
+def _study_data(section: DataSection, data_dir: str | None) -> Dataset:
+    """The study's split, loaded once per process."""
+    return load_study_data(section, data_dir=data_dir)
+
+
+def _reevaluate_run(
+    export: Export, entry: dict[str, Any], seed: int, data_dir: str | None
+) -> tuple[float, float]:
+    """One re-evaluation training: its final validation accuracy and its seconds."""
+    data = _study_data(export.definition.data, data_dir)
+    start = time.monotonic()
+    _, history = train_on_split(export, entry, data, epochs=entry["best_epoch"], seed=seed)
+    return history["val_accuracy"][-1], time.monotonic() - start
 
 
 def train_on_split(

@@ -92,3 +92,25 @@ def test_reevaluated_export_ranks_by_mean_and_retrain_reports_it(study_run, tmp_
     r = winner["reevaluation"]
     assert f"{r['mean']:.4f} ± {r['std']:.4f} (2 seeds)" in page
     assert f"seed {r['seeds'][0]}: {r['val_accuracy'][0]:.4f}" in page
+
+
+def test_parallel_reevaluation_gives_each_seed_the_result_it_gets_alone(study_run, tmp_path):
+    s = study_run
+    accuracies, outputs = {}, {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs-{jobs}.json"
+        result = run_search(
+            "export", s.name, "-o", out, "--top", "2", "--reevaluate", "2", "--jobs", jobs,
+            "--storage", s.storage, cwd=s.cwd,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        outputs[jobs] = result.stdout
+        accuracies[jobs] = {
+            e["number"]: e["reevaluation"]["val_accuracy"]
+            for e in json.loads(out.read_text())["trials"]
+        }
+    # Two trainings at once, each in its own 1-thread process: the same numbers, seed by seed.
+    assert "re-evaluating 4 trainings, 2 at once" in outputs[2], outputs[2]
+    assert "at once" not in outputs[1]
+    assert accuracies[2] == accuracies[1]
+    assert outputs[2].count("re-evaluating trial") == 4
