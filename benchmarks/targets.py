@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     print(f"search: {name}, {args.minutes:g} min, {cores} workers x 1 thread", flush=True)
+    # Anything else running shares the cores: the 1-minute load at each step's start and end.
+    result["load"] = {"search": [os.getloadavg()[0]]}
     start = time.monotonic()
     run_search(
         study_file,
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         cwd=work,
         budget_seconds=args.minutes * 60,
     )
+    result["load"]["search"].append(os.getloadavg()[0])
     trials = study_trials(name, storage)
     states = [t.state for t in trials]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -110,12 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     print(f"export: top {args.top}, re-evaluated with {args.reevaluate} seeds", flush=True)
+    result["load"]["reevaluation"] = [os.getloadavg()[0]]
     start = time.monotonic()
     export = work / "best.json"
     _search(
         "export", name, "-o", export, "--top", args.top, "--reevaluate", args.reevaluate,
         "--storage", storage, cwd=work,
     )  # fmt: skip
+    result["load"]["reevaluation"].append(os.getloadavg()[0])
     result["reevaluation"] = {
         "minutes": (time.monotonic() - start) / 60,
         "ranked": [
@@ -125,8 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     }
 
     print("retrain: the winner, tested once", flush=True)
+    result["load"]["retrain"] = [os.getloadavg()[0]]
     start = time.monotonic()
     _search("retrain", export, "-o", work / "retrained", cwd=work)
+    result["load"]["retrain"].append(os.getloadavg()[0])
     report = json.loads((work / "retrained" / "report.json").read_text())
     result["retrain"] = {
         "minutes": (time.monotonic() - start) / 60,
@@ -199,7 +206,11 @@ def _markdown(r: dict[str, Any]) -> str:
             f"| {rank} | {e['number']} | {e['trial_value']:.4f} |"
             f" {e['mean']:.4f} ± {e['std']:.4f} | {seeds} |"
         )
+    load = "; ".join(f"{step} {a:.1f} to {b:.1f}" for step, (a, b) in r["load"].items())
     lines += [
+        "",
+        f"Machine load (1-minute average, {machine['cores']} cores) at the start and end of"
+        f" each step: {load}.",
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores; packages: {packages}.",
         "",
