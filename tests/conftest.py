@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# Tests stop servers and workers with SIGINT, as a user's Ctrl-C does. A shell that starts
+# this suite as a background job without job control (`(make test &)`) starts it with
+# SIGINT ignored, and every child would inherit that: give this process a handler instead,
+# so that children start with the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
