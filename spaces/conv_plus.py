@@ -5,8 +5,9 @@ erasing; training only), two convs per block, a global-average-pooling head, Ada
 decoupled weight decay, label smoothing, and warm-up + cosine or one-cycle schedules.
 Configs build with `spaces.conv.build`; the notebook's Q5 models are points here too, with
 every addition switched off, and its baselines start with two recipes: model_d's network
-trained the way those nets are (`RECIPES`). Whether the additions pay for their cost at
-equal budget is for the benchmark to say (`python -m benchmarks.bench --space conv_plus`).
+and a wider one, with small shifts, label smoothing and a cosine decay (`RECIPES`).
+Whether the additions pay for their cost at equal budget is for the benchmark to say
+(`python -m benchmarks.bench --space conv_plus`).
 """
 
 from __future__ import annotations
@@ -74,31 +75,31 @@ def plain(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _recipe(**changes: Any) -> dict[str, Any]:
-    # The notebook's model_d network with what published simple conv nets add in training.
-    return plain(conv.BASELINES["model_d"]) | {
-        "augment": {"shift": 0.1, "flip": True, "erase": 0.0},
+def _recipe(filters: list[int]) -> dict[str, Any]:
+    # The notebook's model_d network (its filters changed) trained as the dense study's best
+    # trials were: small shifts, label smoothing 0.1, no flips; then a cosine decay.
+    network = conv.BASELINES["model_d"] | {
+        "blocks": [
+            block | {"filters": f}
+            for block, f in zip(conv.BASELINES["model_d"]["blocks"], filters, strict=True)
+        ]
+    }
+    return plain(network) | {
+        "augment": {"shift": 0.03, "flip": False, "erase": 0.0},
         "label_smoothing": 0.1,
-        "schedule": {"name": "warmup_cosine", "warmup": 1},
+        "schedule": {"name": "cosine"},
         "batch_size": 64,
-        **changes,
     }
 
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # Shifts of up to 10% and flips, label smoothing 0.1, 1 warm-up epoch then cosine.
-    "recipe_shift_flip": _recipe(),
-    # The same with random erasing, AdamW and a one-cycle schedule at a larger batch.
-    "recipe_erase_adamw": _recipe(
-        augment={"shift": 0.1, "flip": True, "erase": 0.2},
-        optimizer="adamw",
-        weight_decay=0.01,
-        learning_rate=2e-3,
-        schedule={"name": "one_cycle", "peak": 0.3},
-        batch_size=128,
-    ),
+    "recipe_model_d": _recipe([32, 64, 128]),
+    "recipe_wider": _recipe([48, 96, 192]),
 }
-"""Starting points from the literature: cheap (model_d's cost per epoch) and untested here."""
+"""Starting points: model_d's network, and a 1.5x wider one, trained with what helped the
+dense study (shifts of 3% of the side, label smoothing 0.1) and a cosine decay. A first
+pair (shifts of 10% and flips; AdamW, erasing and one-cycle) reached only 0.907 and 0.900
+validation accuracy in a 90-minute run that was stopped for it (README, Performance)."""
 
 BASELINES: dict[str, dict[str, Any]] = RECIPES | {
     name: plain(config) for name, config in conv.BASELINES.items()
