@@ -6,7 +6,8 @@ trained again with S other seeds on the training split, ranked by their mean val
 accuracy: no test data); `search retrain` of the winner, its test set evaluated once.
 Writes `targets-<study>.json` and `.md` to benchmarks/results/; scratch in runs/bench/.
 
-    python -m benchmarks.targets studies/conv_plus.toml --minutes 120 --target 0.935
+    python -m benchmarks.targets studies/conv_plus.toml --minutes 55 --top 1 --reevaluate 2 \
+        --target 0.935
 """
 
 from __future__ import annotations

@@ -78,9 +78,11 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
     below 2x2 pads 'same' instead, and pooling stops once the map is 1x1, so deep
     configs on small images are still trained rather than failed.
 
-    Optional keys, which `conv_plus` searches and this space leaves out: `augment`
-    (random shifts, horizontal flips and erasing, in training only), `convs_per_block`
-    (1 or 2) and the head's `pooling` ("flatten" or "gap", global average pooling).
+    Optional keys, which this space leaves out: `convs_per_block` (1 or 2; `conv_plus`
+    searches it), `augment` (random shifts, horizontal flips and erasing, in training only)
+    and the head's `pooling` ("flatten" or "gap", global average pooling); no built-in
+    space searches the last two, which configs exported from `conv_plus` before
+    2026-11-26 carry.
     """
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Rescaling(1.0 / 255)(inputs)

@@ -86,7 +86,9 @@ def test_conv_plus_baselines_are_the_notebooks_models(name):
     assert [type(layer) for layer in plus.layers] == [type(layer) for layer in plain.layers]
 
 
-def test_conv_plus_additions_change_the_model_as_configured():
+def test_conv_build_options_change_the_model_as_configured():
+    # conv_plus searches convs_per_block and label smoothing; conv.build also takes
+    # augmentation, a pooling head and AdamW, for spaces of your own.
     config = conv_plus.BASELINES["model_b"] | {
         "augment": {"shift": 0.1, "flip": True, "erase": 0.25},
         "convs_per_block": 2,
@@ -95,7 +97,7 @@ def test_conv_plus_additions_change_the_model_as_configured():
         "weight_decay": 0.01,
         "label_smoothing": 0.1,
     }
-    model = conv_plus.build(config, (28, 28, 1), 10)
+    model = conv.build(config, (28, 28, 1), 10)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("Conv2D") == 6
     assert {"RandomTranslation", "RandomFlip", "RandomErasing", "GlobalAveragePooling2D"} <= set(
