@@ -7,10 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKERS ?= 2
 STUDY ?= studies/quick.toml
-# make bench: minutes of wall clock per contestant, runs per contestant, more flags
-# (python -m benchmarks.bench --help), e.g. BENCH_ARGS="--train-subset 6000 --max-epochs 6".
-BUDGET_MINUTES ?= 30
-SEEDS ?= 1
+# make bench: the parts to run, minutes of wall clock per run of part 1 on Fashion-MNIST and
+# on the digits, seeds per contestant, more flags (python -m benchmarks.bench --help), e.g.
+# PARTS=overhead,storage,cores or BENCH_ARGS="--contestants search,hand,kerastuner".
+PARTS ?= efficiency,digits
+BUDGET_MINUTES ?= 20
+DIGITS_BUDGET_MINUTES ?= 3
+SEEDS ?= 3
 BENCH_ARGS ?=
 
 # Install Debian packages that are missing, where apt and root are available.
@@ -51,10 +54,13 @@ data:
 test-deps:
 	$(call apt_install,postgresql chromium docker-compose,the tests that need them fail)
 
-# The benchmarks of benchmarks/bench.py; they need the machine alone (about two hours
-# at the default budget on 2 cores). Results: benchmarks/results/.
+# The benchmarks of benchmarks/bench.py (benchmarks/README.md); they need the machine alone.
+# The default, part 1 on Fashion-MNIST and on the digits, 3 seeds x 2 contestants, takes about
+# 2 h 50 min on 2 cores. It resumes: a rerun skips the runs whose records exist.
+# Results: benchmarks/results/.
 bench: setup data bench-deps
-	$(BIN)/python -m benchmarks.bench --budget-minutes $(BUDGET_MINUTES) --seeds $(SEEDS) $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.bench --parts $(PARTS) --budget-minutes $(BUDGET_MINUTES) \
+	  --digits-budget-minutes $(DIGITS_BUDGET_MINUTES) --seeds $(SEEDS) $(BENCH_ARGS)
 
 bench-deps: $(BIN)/.installed-bench
 	$(call apt_install,postgresql,the PostgreSQL storage benchmark is skipped)

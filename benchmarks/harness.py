@@ -12,6 +12,9 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,28 +74,53 @@ def run_search(
     threads: int,
     cwd: Path,
     budget_seconds: float | None = None,
+    on_tick: Callable[[float], None] | None = None,
+    tick_seconds: float = 60,
 ) -> dt.datetime:
     """Run `search run` on a study, stopped by SIGTERM once `budget_seconds` have passed.
 
+    Args:
+        on_tick: called with the seconds since launch every `tick_seconds` while it runs
+            (progress lines); its errors are the caller's to catch.
+
     Returns the wall-clock time of the launch, on the clock Optuna stamps trials with.
     Stopped workers fail their running trials ("Interrupted"); trials that finished in
-    time are the run's result.
+    time are the run's result. Interrupted here (Ctrl-C), it stops the run before raising.
     """
     cmd = [sys.executable, "-m", "search", "run", str(study_file), "--storage", storage]
     cmd += ["--workers", str(workers), "--threads", str(threads)]
     log = cwd / f"{study_file.stem}.log"
     started = dt.datetime.now()
+    launched = time.monotonic()
+    end = None if budget_seconds is None else launched + budget_seconds
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=bench_env(), stdout=out, stderr=subprocess.STDOUT
         )
         try:
-            proc.wait(timeout=budget_seconds)
-        except subprocess.TimeoutExpired:
-            # The supervisor stops its workers at their next batch (60 s at most). SIGTERM,
-            # not SIGINT: a process started in the background by a shell ignores SIGINT.
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
+            while proc.poll() is None:
+                now = time.monotonic()
+                if end is not None and now >= end:
+                    # The supervisor stops its workers at their next batch (60 s at most).
+                    # SIGTERM, not SIGINT: a process started in the background by a shell
+                    # ignores SIGINT.
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait()
+                    break
+                wait = tick_seconds if on_tick else math.inf
+                if end is not None:
+                    wait = min(wait, end - now)
+                try:
+                    proc.wait(timeout=None if math.isinf(wait) else wait)
+                except subprocess.TimeoutExpired:
+                    if on_tick and (end is None or time.monotonic() < end):
+                        on_tick(time.monotonic() - launched)
+        except BaseException:
+            # Never leave a search running behind a stopped benchmark.
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+            raise
     if proc.returncode not in (0, 128 + signal.SIGTERM):
         raise RuntimeError(f"search run {study_file} exited with {proc.returncode}; see {log}")
     return started
@@ -124,6 +152,40 @@ def worker_load_seconds(cwd: Path, study_name: str) -> list[float]:
     if not seconds:
         raise RuntimeError(f"no 'loaded in Ns' line in the worker logs {logs}")
     return seconds
+
+
+def load_average() -> list[float]:
+    """The machine's 1-, 5- and 15-minute load averages."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def wait_for_quiet(
+    limit_seconds: float, *, threshold: float, log: Callable[[str], None] = print
+) -> float:
+    """Wait until the 1-minute load average is at most `threshold`, or `limit_seconds` pass.
+
+    The previous run's own load takes a minute or two to leave the average (it decays
+    with a one-minute time constant), so a run started at once would look disturbed.
+    Returns the seconds waited.
+    """
+    start = time.monotonic()
+    if os.getloadavg()[0] <= threshold or limit_seconds <= 0:
+        return 0.0
+    log(f"  waiting up to {limit_seconds:.0f} s for the load average to fall below {threshold}")
+    while os.getloadavg()[0] > threshold and time.monotonic() - start < limit_seconds:
+        time.sleep(min(5.0, max(0.0, limit_seconds - (time.monotonic() - start))))
+    return round(time.monotonic() - start, 1)
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write JSON to `path` through a temporary file, so no reader sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+    os.replace(f.name, path)
+    return path
 
 
 def describe_machine() -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The benchmark's results as JSON, a Markdown page and plots in benchmarks/results/."""
+"""The benchmark's results as Markdown pages, JSON and plots in benchmarks/results/.
+
+Part 1 (search efficiency, both datasets) is rebuilt from the records on disk into
+efficiency.md and a plot per dataset; parts 2-4 go to benchmark.md and benchmark.json.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,339 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt
 
-from benchmarks.efficiency import CONTESTANTS, THRESHOLDS
+from benchmarks.efficiency import (
+    CONTESTANTS,
+    DISTURBED_LOAD,
+    RECORDS_DIR,
+    SCALES,
+    Scale,
+    best_at,
+    best_so_far,
+    censored_median,
+    load_records,
+    median,
+    scale_for,
+    time_to,
+)
 
 COLORS = {"search": "tab:blue", "hand": "tab:orange", "kerastuner": "tab:green"}
-SEED_STYLES = ("-", "--", ":", "-.")
 # Bare-fit speed change (after / before the trials) beyond which overhead ratios mean little.
 DRIFT_TOLERANCE = 0.15
+PLOT_NAME = "best_so_far.png"
+
+
+def write_efficiency_report(out_dir: Path) -> Path:
+    """Rebuild efficiency.md and each dataset's plot from every record under `out_dir`."""
+    groups = load_records(out_dir)
+    lines = [
+        "# Search efficiency",
+        "",
+        "Part 1 of `make bench` (`python -m benchmarks.bench`, see benchmarks/README.md),"
+        " rebuilt from its records: one JSON file per contestant and seed under"
+        f" `{RECORDS_DIR}/<dataset>/`. Each run searches for the same wall-clock budget on"
+        " the same machine, one run at a time, interleaved by seed. The clock starts at the"
+        " launch of `search run` (start-up and data loading count). A validation accuracy"
+        " counts from the end of the epoch that reached it, in every trial that started"
+        " before the deadline, whether it completed, was pruned or was interrupted when the"
+        " time was up.",
+        "",
+    ]
+    if not groups:
+        lines += ["No records yet.", ""]
+    # The datasets of the default parts first, in their order; any other after them.
+    order = [d for d in SCALES if d in groups] + [d for d in groups if d not in SCALES]
+    for dataset in order:
+        records = groups[dataset]
+        image = Path(RECORDS_DIR) / dataset / PLOT_NAME
+        lines += efficiency_section(dataset, records, image=image)
+        kept = comparable(records)[0]
+        plot_best_so_far(kept, scale_for(dataset), out_dir / image)
+    path = out_dir / "efficiency.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def comparable(
+    records: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split records into those made with the newest record's budget and data, and the rest.
+
+    A rerun with --replace can leave seeds of an older budget beside new ones; they are
+    listed, not mixed into the medians.
+    """
+
+    def key(r: dict[str, Any]) -> Any:
+        study = r["settings"]["study"]
+        return (
+            r["settings"]["budget_minutes"],
+            study["study"]["space"],
+            study["data"],
+            study["trials"]["max_epochs"],
+        )
+
+    target = key(max(records, key=lambda r: r["date"]))
+    same = [r for r in records if key(r) == target]
+    return same, [r for r in records if key(r) != target]
+
+
+def efficiency_section(
+    dataset: str, all_records: list[dict[str, Any]], *, image: Path
+) -> list[str]:
+    """One dataset's settings, table per seed with medians, comparison and plot."""
+    scale = scale_for(dataset)
+    records, other = comparable(all_records)
+    budget_minutes = records[0]["settings"]["budget_minutes"]
+    budget = budget_minutes * 60
+    checkpoints = [m for m in scale.checkpoints if m < budget_minutes] + [budget_minutes]
+    contestants = [c for c in CONTESTANTS if any(r["contestant"] == c for r in records)]
+    header = (
+        ["contestant", "seed"]
+        + [f"best at {m:g} min" for m in checkpoints]
+        + [f"time to {t:g}" for t in scale.thresholds]
+        + ["trials started", "pruned", "load at start"]
+    )
+    lines = [
+        f"## {scale.title}",
+        "",
+        _settings_text(records, budget_minutes),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for r in records:
+        cells = [r["contestant"], str(r["seed"]) + (" (disturbed)" if r["disturbed"] else "")]
+        cells += [_value(best_at(r["points"], m * 60)) for m in checkpoints]
+        cells += [_minutes(time_to(r["points"], t)) for t in scale.thresholds]
+        cells += [
+            str(r["trials_started"]),
+            str(r.get("trials_pruned", "—")),
+            f"{r['load_average']['start'][0]:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    for contestant in contestants:
+        mine = [r for r in records if r["contestant"] == contestant]
+        cells = [f"**{contestant}, median**", f"{len(mine)} seed{'s' * (len(mine) > 1)}"]
+        cells += [_value(_median_best(mine, m * 60)) for m in checkpoints]
+        cells += [
+            _censored(*censored_median([time_to(r["points"], t) for r in mine], budget), budget)
+            for t in scale.thresholds
+        ]
+        cells += [_number(median([r["trials_started"] for r in mine])), "", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", *_comparison(records, scale, budget), f"![best so far over time]({image})", ""]
+    lines += _notes(records, other)
+    return lines
+
+
+def _settings_text(records: list[dict[str, Any]], budget_minutes: float) -> str:
+    by = {r["contestant"]: r["settings"] for r in records}
+    any_settings = next(iter(by.values()))
+    study = any_settings["study"]
+    data = study["data"]
+    subsets = ", ".join(
+        f"{key} {data[key]}" for key in ("train_subset", "validation_subset") if data.get(key)
+    )
+    parts = [
+        f"The {study['study']['space']} space on `{data['dataset']}` (validation_split"
+        f" {data['validation_split']}, split_seed {data['split_seed']}"
+        f"{', ' + subsets if subsets else ''}), at most {study['trials']['max_epochs']} epochs"
+        f" per trial, {budget_minutes:g} min of wall clock per run; the study's seed is the"
+        " run's seed."
+    ]
+    for contestant, settings in by.items():
+        trials = settings["study"]["trials"]
+        if contestant == "kerastuner":
+            how = f"one process x {settings['threads_per_worker']} threads"
+        else:
+            how = (
+                f"sampler {trials['sampler']}, pruner {trials['pruner']},"
+                f" prior {str(trials.get('prior', True)).lower()};"
+                f" {settings['workers']} workers x {settings['threads_per_worker']} thread"
+            )
+        parts.append(f"`{contestant}` ({CONTESTANTS.get(contestant, contestant)}): {how}.")
+    return " ".join(parts)
+
+
+def _comparison(records: list[dict[str, Any]], scale: Scale, budget: float) -> list[str]:
+    """search against hand over the seeds both ran: the questions of the acceptance."""
+    seeds = sorted(
+        {r["seed"] for r in records if r["contestant"] == "search"}
+        & {r["seed"] for r in records if r["contestant"] == "hand"}
+    )
+    if not seeds:
+        return ["No seed has records of both `search` and `hand` yet: nothing to compare.", ""]
+    pair = {
+        c: [r for r in records if r["contestant"] == c and r["seed"] in seeds]
+        for c in ("search", "hand")
+    }
+    n = len(seeds)
+    lines = [f"`search` against `hand`, over the {n} seed{'s' * (n > 1)} both ran:", ""]
+    if scale.ratio_threshold is not None:
+        t = scale.ratio_threshold
+        s, s_never = censored_median([time_to(r["points"], t) for r in pair["search"]], budget)
+        h, h_never = censored_median([time_to(r["points"], t) for r in pair["hand"]], budget)
+        lines.append(
+            f"- median time to {t:g}: search {_censored(s, s_never, budget)}, hand"
+            f" {_censored(h, h_never, budget)}; search / hand"
+            f" {_ratio(s, s_never, h, h_never)}"
+        )
+    s_best = _median_best(pair["search"], budget)
+    h_best = _median_best(pair["hand"], budget)
+    if s_best is not None and h_best is not None:
+        line = (
+            f"- median best at {budget / 60:g} min: search {s_best:.4f}, hand {h_best:.4f};"
+            f" search - hand {s_best - h_best:+.4f}"
+        )
+        if scale.best_margin is not None:
+            ok = s_best - h_best >= scale.best_margin
+            line += f" (asked: >= {scale.best_margin:+.3f}: {'yes' if ok else 'no'})"
+        lines.append(line)
+    if scale.reach is not None:
+        value, minutes = scale.reach
+        counts = {
+            c: sum((time_to(r["points"], value) or float("inf")) <= minutes * 60 for r in rs)
+            for c, rs in pair.items()
+        }
+        lines.append(
+            f"- seeds that reached {value:g} within {minutes:g} min: search"
+            f" {counts['search']} of {n}, hand {counts['hand']} of {n}"
+        )
+    return [*lines, ""]
+
+
+def _notes(records: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[str]:
+    loads = [
+        x for r in records for x in (r["load_average"]["start"][0], r["load_average"]["end"][0])
+    ]
+    disturbed = [f"{r['contestant']} seed {r['seed']}" for r in records if r["disturbed"]]
+    commits = sorted({r["commit"] for r in records})
+    commands = sorted({r["command"] for r in records})
+    notes = [
+        f"Machine load (1-minute average) at the starts and ends of the runs: {min(loads):.2f}"
+        f" to {max(loads):.2f}; a run is marked disturbed when it was above {DISTURBED_LOAD}"
+        " at its start (the machine was not alone)"
+        + (f": {', '.join(disturbed)}." if disturbed else "; none was."),
+        f"Commit{'s' * (len(commits) > 1)}: {', '.join(commits)}. Made by: "
+        + "; ".join(f"`{c}`" for c in commands)
+        + ".",
+    ]
+    if other:
+        notes.append(
+            "Left out, made with other settings (budget, data or epochs): "
+            + ", ".join(f"{r['contestant']} seed {r['seed']}" for r in other)
+            + "."
+        )
+    return [" ".join(notes), ""]
+
+
+def plot_best_so_far(records: list[dict[str, Any]], scale: Scale, path: Path) -> None:
+    """Every run's best value so far against minutes: thin per seed, thick the median."""
+    if not records:
+        return
+    budget = records[0]["settings"]["budget_minutes"]
+    grid = np.linspace(0, budget * 60, 600)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    shown: list[float] = []
+    for contestant in CONTESTANTS:
+        mine = [r for r in records if r["contestant"] == contestant]
+        if not mine:
+            continue
+        color = COLORS.get(contestant)
+        curves = []
+        for r in mine:
+            steps = best_so_far(r["points"])
+            curves.append(_on_grid(steps, grid))
+            if not steps:
+                continue
+            times = [s / 60 for s, _ in steps] + [budget]
+            values = [v for _, v in steps] + [steps[-1][1]]
+            ax.step(times, values, where="post", color=color, linewidth=0.8, alpha=0.55)
+        # A seed with no value yet is lowest, so the median shows once most seeds have one.
+        middle = np.median(np.nan_to_num(np.array(curves), nan=-np.inf), axis=0)
+        middle[~np.isfinite(middle)] = np.nan
+        ax.plot(
+            grid / 60,
+            middle,
+            color=color,
+            linewidth=2.5,
+            label=f"{contestant}: median of {len(mine)} seed{'s' * (len(mine) > 1)}",
+        )
+        # The race is at the top: the limits follow the medians' second half (all of
+        # them if they start later), so the first, poor models don't squash it.
+        finite = [float(v) for v in middle if np.isfinite(v)]
+        later = [float(v) for v in middle[len(grid) // 2 :] if np.isfinite(v)]
+        shown += later if len(later) > len(grid) // 4 else finite
+    for threshold in scale.thresholds:
+        ax.axhline(threshold, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xlim(0, budget)
+    if shown:
+        low = min([*shown, *scale.thresholds]) - 0.01
+        high = max([*shown, *scale.thresholds]) + 0.005
+        top = max((v for r in records for _, v in r["points"]), default=high)
+        ax.set_ylim(max(0.0, low), min(1.0, max(high, top + 0.003)))
+    ax.set_xlabel("minutes since launch")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title(f"{scale.title}: best value so far (thin: a seed; thick: the median)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _on_grid(steps: list[tuple[float, float]], grid: np.ndarray) -> np.ndarray:
+    """A best-so-far step curve at the grid's times (NaN before its first value)."""
+    if not steps:
+        return np.full(len(grid), np.nan)
+    times = np.array([s for s, _ in steps])
+    values = np.array([v for _, v in steps])
+    index = np.searchsorted(times, grid, side="right") - 1
+    return np.where(index >= 0, values[np.maximum(index, 0)], np.nan)
+
+
+def _median_best(records: list[dict[str, Any]], seconds: float) -> float | None:
+    return median([b for r in records if (b := best_at(r["points"], seconds)) is not None])
+
+
+def _value(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def _censored(seconds: float, never: bool, budget: float) -> str:
+    """A median time; one resting on runs that never reached is a bound."""
+    if not never:
+        return _minutes(seconds)
+    if seconds >= budget:
+        return f">{budget / 60:g} min (budget)"
+    return f">= {seconds / 60:.1f} min"
+
+
+def _ratio(s: float, s_never: bool, h: float, h_never: bool) -> str:
+    if s_never and h_never:
+        return "— (neither median reached it)"
+    # A median that rests on the budget is a lower bound of the true time.
+    bound = "<= " if h_never else ">= " if s_never else ""
+    return f"{bound}{s / h:.2f}"
 
 
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
-    """Write benchmark.json, benchmark.md, best_over_time.png and storage.png; return the .md."""
+    """Write benchmark.json, benchmark.md and storage.png for parts 2-4; return the .md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-    if "efficiency" in results:
-        plot_best_over_time(
-            results["efficiency"], results["settings"], out_dir / "best_over_time.png"
-        )
     if "storage" in results:
         plot_storage(results["storage"], out_dir / "storage.png")
     path = out_dir / "benchmark.md"
@@ -36,18 +353,15 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The results as a Markdown page: one section per part, then the machine."""
-    settings = results["settings"]
+    """Parts 2-4 as a Markdown page, then the machine; part 1 has efficiency.md."""
     lines = [
         "# Benchmarks",
         "",
-        f"`{results['command']}` on {results['date']}, commit {results['commit']}:"
-        f" {settings['budget_minutes']:g} minutes per contestant, {settings['seeds']}"
-        f" seed{'s' * (settings['seeds'] > 1)}.",
+        f"`{results['command']}` on {results['date']}, commit {results['commit']}.",
+        "Part 1, search efficiency, is in [efficiency.md](efficiency.md).",
         "",
-        *(_efficiency(results["efficiency"], settings) if "efficiency" in results else []),
         *(
-            _overhead(results["overhead"], results.get("efficiency", []))
+            _overhead(results["overhead"], results.get("part1_load_seconds", []))
             if "overhead" in results
             else []
         ),
@@ -58,69 +372,8 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _efficiency(records: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
-    data, trials = settings["study"]["data"], settings["study"]["trials"]
-    subsets = ", ".join(
-        f"{key} {data[key]}" for key in ("train_subset", "validation_subset") if data[key]
-    )
-    loads = [load for r in records for load in r["load_average"]]
-    kt = [r for r in records if r["contestant"] == "kerastuner"]
-    optuna_runs = [r for r in records if r["contestant"] != "kerastuner"]
-    optuna_note = kt_note = ""
-    if optuna_runs:
-        optuna_note = (
-            f"Optuna contestants: {optuna_runs[0]['workers']} worker processes x 1 TensorFlow"
-            " thread."
-        )
-    if kt:
-        kt_note = (
-            f"KerasTuner: one process with {kt[0]['threads_per_worker']} threads, as a Keras"
-            " user runs it. Its trials started are models: the trials that continue a model"
-            f" in a later round ({', '.join(str(r['trials_continued']) for r in kt)}) are not"
-            " counted; pruned are its models left below max_epochs (not promoted, or still"
-            " waiting for promotion when the time was up)."
-        )
-    lines = [
-        "## 1. Search efficiency",
-        "",
-        f"The {settings['study']['study']['space']} space on {data['dataset']}"
-        f" (validation_split {data['validation_split']},"
-        f" split_seed {data['split_seed']}{', ' + subsets if subsets else ''}), at most"
-        f" {trials['max_epochs']} epochs per trial, {settings['budget_minutes']:g} minutes of"
-        " wall clock per contestant from its launch. A model counts from the end of its trial,"
-        " with the best validation accuracy of its epochs; trials running when the time was up"
-        " do not count. No contestant starts from the notebook's models.",
-        "",
-        "| contestant | seed | best val. accuracy | "
-        + " | ".join(f"time to {t:g}" for t in THRESHOLDS)
-        + " | trials started | pruned | full length | failed | epochs in ended trials |",
-        "|---|---|---|" + "---|" * len(THRESHOLDS) + "---|---|---|---|---|",
-    ]
-    for r in records:
-        times = [_minutes(r["seconds_to"][f"{t:g}"]) for t in THRESHOLDS]
-        best = "none" if r["best"] is None else f"{r['best']:.4f}"
-        lines.append(
-            f"| {CONTESTANTS[r['contestant']]} | {r['seed']} | {best} | "
-            + " | ".join(times)
-            + f" | {r['trials_started']} | {r['trials_pruned']} | {r['trials_full']}"
-            f" | {r['trials_failed']} | {r['epochs_in_finished_trials']} |"
-        )
-    lines += [
-        "",
-        "![best validation accuracy over time](best_over_time.png)",
-        "",
-        " ".join(filter(None, [optuna_note, kt_note]))
-        + " Machine load (1-minute average) at the starts and ends of the runs:"
-        f" {min(loads):.1f} to {max(loads):.1f}.",
-        "",
-    ]
-    return lines
-
-
-def _overhead(o: dict[str, Any], efficiency: list[dict[str, Any]]) -> list[str]:
-    parallel = [
-        s for r in efficiency if r["contestant"] == "search" for s in r["data_load_seconds"]
-    ]
+def _overhead(o: dict[str, Any], parallel: list[dict[str, Any]]) -> list[str]:
+    """Part 2; `parallel`: data loading of part 1's `search` runs (seconds, workers)."""
     outside = o["seconds_in_trial_outside_fit"]
     between = o["seconds_between_trials"]
     rows = [
@@ -142,11 +395,11 @@ def _overhead(o: dict[str, Any], efficiency: list[dict[str, Any]]) -> list[str]:
             ),
         )
     if parallel:
-        workers = next(r["workers"] for r in efficiency if r["contestant"] == "search")
+        seconds = [x for p in parallel for x in p["seconds"]]
         rows.append(
             (
-                f"data loading, seconds per worker ({workers} at once, part 1)",
-                f"{_mean(parallel)} (max {max(parallel):.1f})",
+                f"data loading, seconds per worker ({parallel[0]['workers']} at once, part 1)",
+                f"{_mean(seconds)} (max {max(seconds):.1f})",
             )
         )
     return [
@@ -241,44 +494,6 @@ def _machine(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def plot_best_over_time(
-    records: list[dict[str, Any]], settings: dict[str, Any], path: Path
-) -> None:
-    """Best validation accuracy so far against minutes, one line per contestant and seed."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    budget = settings["budget_minutes"]
-    finals = []
-    for r in records:
-        minutes, best = [], []
-        for seconds, value in r["finished"]:
-            minutes.append(seconds / 60)
-            best.append(max(value, best[-1]) if best else value)
-        if not best:
-            continue
-        finals.append(best[-1])
-        ax.step(
-            [*minutes, budget],
-            [*best, best[-1]],
-            where="post",
-            color=COLORS[r["contestant"]],
-            linestyle=SEED_STYLES[r["seed"] % len(SEED_STYLES)],
-            label=f"{CONTESTANTS[r['contestant']]} (seed {r['seed']})",
-        )
-    for threshold in THRESHOLDS:
-        ax.axhline(threshold, color="grey", linewidth=0.6, linestyle=":")
-    ax.set_xlim(0, budget)
-    # The race is near the thresholds; the first, poor models would squash it.
-    ax.set_ylim(min(0.85, *finals) - 0.02, max(THRESHOLDS[-1], *finals) + 0.005)
-    ax.set_xlabel("minutes since launch")
-    ax.set_ylabel("best validation accuracy so far")
-    ax.set_title("Conv space: best model found over time")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def plot_storage(storage: dict[str, Any], path: Path) -> None:
     """Trials per second against worker processes, one line per storage."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -303,10 +518,6 @@ def plot_storage(storage: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _minutes(seconds: float | None) -> str:
-    return "not reached" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def _mean(values: list[float]) -> str:

@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("study_file", metavar="STUDY.toml", nargs="?")
     p.add_argument("--study-name", help="a study already in the storage, instead of a file")
     p.add_argument("--worker-index", type=int, default=None, help="seeds the sampler (0)")
+    # From `search run`: its deadline (a Unix time), which a recycled worker keeps.
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     _worker_flags(p)
 
     p = command("create", _create, "Create a study from a file (idempotent); runs nothing.")
@@ -208,7 +210,7 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object, Dataset]:
     Returns the definition, the storage and the loaded dataset (a worker trains on it).
     """
     from search.data import load_study_data
-    from search.study import create_study, enqueue_exported
+    from search.study import create_study, enqueue_exported, study_prior
     from spaces import load_space
 
     config = load_config(args.study_file).with_budget(
@@ -216,15 +218,16 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object, Dataset]:
     )
     space = load_space(config.study.space)
     check_space_options(config, space, source=args.study_file)
-    try:
-        baselines = {name: space.to_params(c) for name, c in space.BASELINES.items()}
-    except (KeyError, TypeError, ValueError) as e:
-        raise SpaceError(f"space {config.study.space!r}: a baseline has no params ({e})") from e
+    # Validated before anything is written: a [prior] centre outside its param's range
+    # is an error naming the key.
+    prior_centre = study_prior(config)[1] if config.trials.prior else None
     exported = exported_params(args.enqueue or [], config, space)
     # Loaded to validate it before the study exists.
     data = load_study_data(config.data, data_dir=args.data_dir)
     storage = _open(args, config)
-    study, created = create_study(config, storage, baselines)
+    study, created = create_study(
+        config, storage, dict(space.BASELINES), prior_centre=prior_centre
+    )
     n_queued = enqueue_exported(study, exported)
     n = len(study.get_trials(deepcopy=False))
     print(
@@ -277,7 +280,7 @@ def _run(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from search.objective import STOP, Interrupted
     from search.study import load_definition
-    from search.worker import configure_threads, run_worker
+    from search.worker import TIME_UP, configure_threads, run_worker
 
     if bool(args.study_file) == bool(args.study_name):
         raise ConfigError("give either STUDY.toml or --study-name NAME")
@@ -305,11 +308,13 @@ def _worker(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             data=data,
             max_trials=args.max_trials_per_process,
+            deadline=args.deadline,
         )
     except Interrupted as e:
         print(f"search worker: stopped ({e}); the trial was queued again", file=sys.stderr)
         return 130
-    return 130 if STOP.is_set() else 0
+    # A timeout is the study's normal end, not an interruption.
+    return 130 if STOP.is_set() and not TIME_UP.is_set() else 0
 
 
 def _create(args: argparse.Namespace) -> int:

@@ -6,8 +6,9 @@ rule, and is raised before anything touches a storage.
 
 from __future__ import annotations
 
+import math
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,15 @@ class TrialsSection:
     max_epochs: int
     timeout_minutes: float | None = None
     sampler: str = "tpe"
-    pruner: str = "hyperband"
+    pruner: str = "successive_halving"
+    # The epochs of successive halving's first rung (None: max_epochs / 9 rounded up, so
+    # its rungs at 1x and 3x fall within the epochs and the finalists train on unjudged).
+    min_epochs: int | None = None
+    # Start from the space's prior (its centre first, then prior samples and mutations
+    # mixed with the sampler): `search.prior`.
+    prior: bool = True
+    # Configs with more parameters than this are pruned before they train.
+    max_params: int | None = None
     enqueue_baselines: bool = False
     heartbeat_interval: int = 10
     grace_period: int = 60
@@ -58,6 +67,8 @@ class StudyConfig:
     trials: TrialsSection
     # Fixed settings of the space (its OPTIONS), not searched: e.g. pretrained weights.
     space: dict[str, Any] = field(default_factory=dict)
+    # Centres that replace the space's prior ones, by param name (`search.prior`).
+    prior: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -142,12 +153,30 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "timeout_minutes": (float, _positive),
         "sampler": (str, _one_of(*SAMPLERS)),
         "pruner": (str, _one_of(*PRUNERS)),
+        "min_epochs": (int, _at_least(1)),
+        "prior": (bool, None),
+        "max_params": (int, _at_least(1)),
         "enqueue_baselines": (bool, None),
         "heartbeat_interval": (int, _at_least(1)),
         "grace_period": (int, _at_least(1)),
     },
 }
 _SECTIONS = {"study": StudySection, "data": DataSection, "trials": TrialsSection}
+
+
+# What a definition stored before a key existed meant by its absence: studies created
+# before priors ran without one, and their pruners' first rung was one epoch.
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"trials": {"prior": False, "min_epochs": 1}}
+
+
+def with_legacy_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored definition with the keys it predates filled in as it ran."""
+    filled = {section: dict(table) for section, table in stored.items()}
+    for section, defaults in LEGACY_DEFAULTS.items():
+        filled.setdefault(section, {})
+        for key, value in defaults.items():
+            filled[section].setdefault(key, value)
+    return filled
 
 
 def load_config(path: str | Path) -> StudyConfig:
@@ -170,22 +199,36 @@ def load_config(path: str | Path) -> StudyConfig:
 
 def from_dict(raw: dict[str, Any], *, source: str) -> StudyConfig:
     """Validate a definition given as plain data (a parsed TOML file or a stored one)."""
-    unknown = sorted(set(raw) - set(_SCHEMA) - {"space"})
+    unknown = sorted(set(raw) - set(_SCHEMA) - {"space", "prior"})
     if unknown:
         raise ConfigError(
             f"{source}: unknown section [{unknown[0]}]; sections are"
-            f" {', '.join(_SCHEMA)} and space"
+            f" {', '.join(_SCHEMA)}, space and prior"
         )
     space_options = raw.get("space", {})
     if not isinstance(space_options, dict):
         raise ConfigError(f"{source}: [space] must be a table of the space's OPTIONS")
+    prior = raw.get("prior", {})
+    if not isinstance(prior, dict):
+        raise ConfigError(f"{source}: [prior] must be a table of param centres")
     sections = {}
     for section, cls in _SECTIONS.items():
         table = raw.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
         sections[section] = cls(**_validate_table(source, section, table, cls))
-    config = StudyConfig(**sections, space=dict(space_options))
+    trials = sections["trials"]
+    if trials.min_epochs is None:
+        trials = replace(trials, min_epochs=math.ceil(trials.max_epochs / 9))
+        sections["trials"] = trials
+    if trials.min_epochs > trials.max_epochs:
+        raise ConfigError(
+            f"{source}: [trials] min_epochs is {trials.min_epochs}, but must be <= max_epochs"
+            f" ({trials.max_epochs})"
+        )
+    if prior and not trials.prior:
+        raise ConfigError(f"{source}: a [prior] table, but [trials] prior = false")
+    config = StudyConfig(**sections, space=dict(space_options), prior=dict(prior))
     if config.data.train_subset is not None and config.data.train_subset < 10:
         raise ConfigError(f"{source}: [data] train_subset is too small to stratify; use >= 10")
     if config.trials.grace_period <= config.trials.heartbeat_interval:

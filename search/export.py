@@ -220,6 +220,7 @@ def _entry(
         "rank": rank,
         "number": trial.number,
         "baseline": attrs.get("baseline"),
+        "origin": attrs.get("origin"),
         "value": trial.value,
         "best_epoch": attrs["best_epoch"],
         "epochs": attrs["epochs"],

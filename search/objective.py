@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from search.config import StudyConfig
 from search.data import Dataset
+from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
 from search.study import claimed_numbers
 from search.training import fit
 
@@ -53,14 +54,27 @@ class PruningReporter(keras.callbacks.Callback):
         self.trial = trial
         self.metric = metric
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
+        # When each epoch ended (UNIX time) and how long it took: a value counts from the
+        # moment its epoch ended, and an epoch's cost is what a study's cost bound weighs.
+        self.epoch_end: list[float] = []
+        self.epoch_seconds: list[float] = []
         self.diverged: str | None = None
+        self._epoch_start = time.time()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch_start = time.time()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         for key in HISTORY_KEYS:
             # float32 metrics: 6 decimals keep all their meaning and the dashboard readable.
             self.history[key].append(round(float(logs.get(key, math.nan)), 6))
+        now = time.time()
+        self.epoch_end.append(round(now, 2))
+        self.epoch_seconds.append(round(now - self._epoch_start, 2))
         self.trial.set_user_attr("history", self.history)
+        self.trial.set_user_attr("epoch_end", self.epoch_end)
+        self.trial.set_user_attr("epoch_seconds", self.epoch_seconds)
         value = self.history[self.metric][-1]
         if not (math.isfinite(value) and math.isfinite(float(logs.get("loss", math.nan)))):
             self.diverged = f"loss or {self.metric} is not finite at epoch {epoch + 1}"
@@ -98,6 +112,7 @@ class Objective:
         gc.collect()
         self.last_trial_id = trial._trial_id
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        _record_origin(trial)
         try:
             _check_budget(trial, self.config.trials.n_trials)
             return self._train(trial)
@@ -124,7 +139,13 @@ class Objective:
             model = self.space.build(config, self.data.input_shape, self.data.num_classes)
         except ValueError as e:
             return _fail(trial, f"the space cannot build this config: {e}")
-        trial.set_user_attr("n_params", model.count_params())
+        n_params = model.count_params()
+        trial.set_user_attr("n_params", n_params)
+        max_params = self.config.trials.max_params
+        if max_params is not None and n_params > max_params:
+            # Pruned, not failed: the sampler then learns that this region costs too much.
+            trial.set_user_attr("pruned_reason", f"{n_params} params > max_params {max_params}")
+            raise optuna.TrialPruned(f"{n_params} params, more than max_params ({max_params})")
         reporter = PruningReporter(trial, self.metric)
         start = time.monotonic()
         try:
@@ -143,6 +164,15 @@ class Objective:
             return _fail(trial, reporter.diverged)
         values = reporter.history[self.metric]
         return max(values) if self.config.direction == "maximize" else min(values)
+
+
+def _record_origin(trial: optuna.Trial) -> None:
+    """Where the trial's params came from, unless it was queued with its origin."""
+    if ORIGIN_ATTR in trial.user_attrs:
+        return  # the prior's centre, a baseline, an export, or a retry that inherited it
+    sampler = trial.study.sampler
+    origin = sampler.origin(trial.number) if isinstance(sampler, PriorSampler) else SAMPLER
+    trial.set_user_attr(ORIGIN_ATTR, origin)
 
 
 def best_epoch(values: list[float], direction: str) -> int:

@@ -43,7 +43,7 @@ def write_report(
     data_dir: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Write `out_dir/report.html` for a study; nothing if the study has no trials.
+    """Write `out_dir/report.html` for a study; nothing if no trial of it has started.
 
     Args:
         retrained: retrain `report.json` files, or directories searched for them; those of
@@ -55,7 +55,8 @@ def write_report(
     definition = load_definition(study_name, storage, wait_seconds=0)
     study = optuna.load_study(study_name=study_name, storage=storage)
     trials = study.get_trials(deepcopy=False)
-    if not trials:
+    # Queued trials alone (the prior's centre, baselines) are nothing to report yet.
+    if all(t.state == TrialState.WAITING for t in trials):
         raise StudyError(f"study {study_name!r} has no trials yet; nothing to report")
     # The trials' very split and subsets.
     data = load_study_data(definition.data, data_dir=data_dir)
@@ -195,6 +196,7 @@ def _trials_section(
         "rank",
         "trial",
         "state",
+        "origin",
         "val accuracy",
         "val loss",
         "best epoch",
@@ -219,6 +221,7 @@ def _trials_section(
             _cell(rank.get(t.number)),
             _cell(t.number),
             f'<td class="{t.state.name.lower()}">{t.state.name}</td>',
+            f'<td class="text">{html.escape(t.user_attrs.get("origin", ""))}</td>',
             _cell(_at(history.get("val_accuracy"), best), ".4f"),
             _cell(_at(history.get("val_loss"), best), ".4f"),
             _cell(best),
@@ -345,7 +348,7 @@ def _reevaluated(reevaluation: dict[str, Any] | None) -> str:
     """Mean ± standard deviation of `export --reevaluate`'s seeds, or blank."""
     if not reevaluation:
         return ""
-    n = len(reevaluation["val_accuracy"])
+    n = len(reevaluation["seeds"])
     return f"{reevaluation['mean']:.4f} ± {reevaluation['std']:.4f} ({n} seeds)"
 
 
@@ -354,7 +357,8 @@ def _reevaluation_details(report: dict[str, Any]) -> str:
     if not r:
         return ""
     runs = ", ".join(
-        f"seed {seed}: {acc:.4f}" for seed, acc in zip(r["seeds"], r["val_accuracy"], strict=True)
+        f"seed {seed}: {acc:.4f}"
+        for seed, acc in zip(r["seeds"], r[r.get("metric", "val_accuracy")], strict=True)
     )
     return (
         f"<p>Chosen by validation alone: trained again for {r['epochs']} epochs with other"

@@ -140,9 +140,10 @@ def reevaluate(
     """The bundle with each trial retrained with `n_seeds` new seeds, best mean first.
 
     Each config trains as its trial did (train split, best epoch, the study's schedule
-    horizon) and is scored on the validation split only: choosing among them leaves the
-    test set untouched. Each entry gets `reevaluation` (the seeds, their validation
-    accuracies, mean and standard deviation) and `rank`, its place by that mean.
+    horizon) and is scored by the study's metric on the validation split only: choosing
+    among them leaves the test set untouched. Each entry gets `reevaluation` (the seeds,
+    their values of the metric, mean and standard deviation) and `rank`, its place by
+    that mean in the study's direction.
 
     Args:
         jobs: trainings at once, each in its own process with `threads` TensorFlow
@@ -156,13 +157,14 @@ def reevaluate(
         for i, entry in enumerate(entries, start=1)
         for j in range(1, n_seeds + 1)
     ]
-    accuracies: dict[tuple[int, int], float] = {}
+    metric = export.definition.study.metric
+    scores: dict[tuple[int, int], float] = {}
 
-    def done(i: int, entry: dict[str, Any], j: int, seed: int, accuracy: float, seconds: float):
-        accuracies[i, j] = accuracy
+    def done(i: int, entry: dict[str, Any], j: int, seed: int, score: float, seconds: float):
+        scores[i, j] = score
         log(
             f"re-evaluating trial {entry['number']} ({i}/{len(entries)}), seed {seed}"
-            f" ({j}/{n_seeds}): validation accuracy {accuracy:.4f}"
+            f" ({j}/{n_seeds}): {metric} {score:.4f}"
             f" after {entry['best_epoch']} epochs, {seconds:.0f} s"
         )
 
@@ -189,22 +191,24 @@ def reevaluate(
             pool.shutdown(cancel_futures=True)
     reevaluated = []
     for i, entry in enumerate(entries, start=1):
-        values = [accuracies[i, j] for j in range(1, n_seeds + 1)]
+        values = [scores[i, j] for j in range(1, n_seeds + 1)]
         reevaluation = {
             "seeds": [entry["seed"] + j for j in range(1, n_seeds + 1)],
             "epochs": entry["best_epoch"],
             "threads": threads or tf.config.threading.get_intra_op_parallelism_threads(),
-            "val_accuracy": values,
+            "metric": metric,
+            metric: values,
             "mean": statistics.mean(values),
             "std": statistics.stdev(values),
             "trial_rank": entry["rank"],
         }
         log(
-            f"trial {entry['number']}: mean validation accuracy {reevaluation['mean']:.4f}"
+            f"trial {entry['number']}: mean {metric} {reevaluation['mean']:.4f}"
             f" ± {reevaluation['std']:.4f} over {n_seeds} seeds"
         )
         reevaluated.append({**entry, "reevaluation": reevaluation})
-    ranked = sorted(reevaluated, key=lambda e: e["reevaluation"]["mean"], reverse=True)
+    maximize = export.definition.direction == "maximize"
+    ranked = sorted(reevaluated, key=lambda e: e["reevaluation"]["mean"], reverse=maximize)
     trials = [{**entry, "rank": rank} for rank, entry in enumerate(ranked, start=1)]
     return {**export.bundle, "trials": trials}
 
@@ -225,11 +229,11 @@ def _study_data(section: DataSection, data_dir: str | None) -> Dataset:
 def _reevaluate_run(
     export: Export, entry: dict[str, Any], seed: int, data_dir: str | None
 ) -> tuple[float, float]:
-    """One re-evaluation training: its final validation accuracy and its seconds."""
+    """One re-evaluation training: the study's metric after its last epoch, and its seconds."""
     data = _study_data(export.definition.data, data_dir)
     start = time.monotonic()
     _, history = train_on_split(export, entry, data, epochs=entry["best_epoch"], seed=seed)
-    return history["val_accuracy"][-1], time.monotonic() - start
+    return history[export.definition.study.metric][-1], time.monotonic() - start
 
 
 def train_on_split(
@@ -338,8 +342,9 @@ def _reevaluation_note(reevaluation: dict[str, Any] | None) -> str:
     if reevaluation is None:
         return ""
     return (
-        f" (mean over {len(reevaluation['val_accuracy'])} other seeds:"
-        f" {reevaluation['mean']:.4f} ± {reevaluation['std']:.4f})"
+        f" (mean over {len(reevaluation['seeds'])} other seeds:"
+        f" {reevaluation['mean']:.4f} ± {reevaluation['std']:.4f}"
+        f" {reevaluation.get('metric', 'val_accuracy')})"
     )
 
 

@@ -22,12 +22,16 @@ def print_status(storage: optuna.storages.BaseStorage, study_name: str | None = 
             print(f"{summary.study_name}: {progress(study).line(n_trials, metric)}")
         return
     study = _load(study_name, storage)
-    print(f"{'trial':>5}  {'state':<8} {'value':>8} {'epochs':>6} {'seconds':>8}  name / note")
+    print(
+        f"{'trial':>5}  {'state':<8} {'value':>8} {'epochs':>6} {'seconds':>8}"
+        f"  {'origin':<15} name / note"
+    )
     for t in study.get_trials(deepcopy=False):
         value = f"{t.value:.4f}" if t.value is not None else "-"
         print(
             f"{t.number:>5}  {t.state.name:<8} {value:>8} {t.user_attrs.get('epochs', '-'):>6}"
-            f" {t.user_attrs.get('seconds', '-'):>8}  {trial_note(t)}"
+            f" {t.user_attrs.get('seconds', '-'):>8}  {t.user_attrs.get('origin', '-'):<15}"
+            f" {trial_note(t)}"
         )
     print(describe_best(study_name, storage))
 
@@ -41,7 +45,8 @@ def describe_best(study_name: str, storage: optuna.storages.BaseStorage) -> str:
     metric = study.user_attrs.get("metric", "value")
     lines = [
         f"best trial of {study_name!r}: #{best.number}"
-        + (f" ({best.user_attrs['baseline']})" if "baseline" in best.user_attrs else ""),
+        + (f" ({best.user_attrs['baseline']})" if "baseline" in best.user_attrs else "")
+        + (f", from the {best.user_attrs['origin']}" if "origin" in best.user_attrs else ""),
         f"  {metric} {best.value:.4f} at epoch {best.user_attrs.get('best_epoch', '?')}"
         f" of {best.user_attrs.get('epochs', '?')}, {best.user_attrs.get('n_params', '?')}"
         f" parameters, {best.user_attrs.get('seconds', '?')} s",
@@ -69,6 +74,8 @@ def trial_note(t: FrozenTrial) -> str:
         notes.append(f"retry of #{t.system_attrs['failed_trial']}")
     if t.state == TrialState.FAIL:
         notes.append(t.user_attrs.get("fail_reason", "worker stopped heartbeating"))
+    if "pruned_reason" in t.user_attrs:
+        notes.append(t.user_attrs["pruned_reason"])
     return "; ".join(notes)
 
 

@@ -17,7 +17,16 @@ import optuna
 from optuna.trial import TrialState
 
 from search import __version__
-from search.config import ConfigError, StudyConfig, from_dict
+from search.config import ConfigError, StudyConfig, from_dict, with_legacy_defaults
+from search.prior import (
+    BASELINE,
+    EXPORT,
+    ORIGIN_ATTR,
+    PRIOR_CENTRE,
+    PriorError,
+    PriorSampler,
+    resolve_prior,
+)
 
 DEFINITION_ATTR = "definition"
 # Budget keys may change between runs of one study; anything else makes it another study.
@@ -28,38 +37,80 @@ class StudyError(ValueError):
     """A study that is missing, or does not match the definition given for it."""
 
 
+# TPE's random start-up, sized for studies of 15-60 trials (Optuna's default is 10).
+N_STARTUP_TRIALS = 8
+
+
 def make_sampler(config: StudyConfig, *, worker_index: int) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded per worker so parallel workers don't repeat each other."""
     seed = config.study.seed + worker_index
     if config.trials.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # constant_liar: a running trial counts as a poor result, steering others elsewhere.
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        base: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        # constant_liar: a running trial counts as a poor result, steering others
+        # elsewhere; multivariate with groups models params jointly, conditional ones too.
+        with warnings.catch_warnings():
+            # multivariate and group are marked experimental; we rely on them knowingly.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            base = optuna.samplers.TPESampler(
+                seed=seed,
+                n_startup_trials=N_STARTUP_TRIALS,
+                multivariate=True,
+                group=True,
+                constant_liar=True,
+            )
+    prior, _ = study_prior(config) if config.trials.prior else (None, None)
+    if prior is None:
+        return base
+    return PriorSampler(prior, base=base, n_startup_trials=N_STARTUP_TRIALS, seed=seed)
+
+
+def study_prior(config: StudyConfig) -> tuple[dict | None, dict | None]:
+    """The study's prior (the space's, with its [prior] centres) and its centre's params.
+
+    Both None where the space declares no prior.
+    """
+    from spaces import load_space
+
+    try:
+        return resolve_prior(
+            load_space(config.study.space), config.prior, source=f"study {config.name!r}"
+        )
+    except PriorError as e:
+        raise ConfigError(str(e)) from None
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """The study's pruner; its resource is the number of epochs trained."""
-    max_epochs = config.trials.max_epochs
-    name = config.trials.pruner
-    if name == "hyperband":
+    trials = config.trials
+    if trials.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=max_epochs, reduction_factor=3
+            min_resource=trials.min_epochs, max_resource=trials.max_epochs, reduction_factor=3
         )
-    if name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if name == "median":
+    if trials.pruner == "successive_halving":
+        # One asynchronous bracket: every trial competes with every other, so the sampler
+        # learns from all of them (Hyperband shows each sampler only its bracket's trials).
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=trials.min_epochs, reduction_factor=3
+        )
+    if trials.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     return optuna.pruners.NopPruner()
 
 
 def create_study(
-    config: StudyConfig, storage: optuna.storages.BaseStorage, baselines: dict[str, dict]
+    config: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    baselines: dict[str, dict],
+    *,
+    prior_centre: dict | None = None,
 ) -> tuple[optuna.Study, bool]:
     """Create the study (or check an existing one against `config`).
 
-    `baselines` maps a baseline name to its params; they are enqueued once, when the
-    study is created, if the definition asks for it. Returns the study and whether it
-    was created now. A changed budget is recorded; any other difference is an error.
+    The prior's centre (params) becomes the first trial; `baselines` maps a baseline name
+    to its params, enqueued next if the definition asks for it. Both are queued once,
+    when the study is created. Returns the study and whether it was created now. A
+    changed budget is recorded; any other difference is an error.
     """
     try:
         study = optuna.create_study(
@@ -73,9 +124,11 @@ def create_study(
         _check_same_study(study, config)
         study.set_user_attr(DEFINITION_ATTR, config.to_dict())
         return study, False
+    if prior_centre is not None:
+        study.enqueue_trial(prior_centre, user_attrs={ORIGIN_ATTR: PRIOR_CENTRE})
     if config.trials.enqueue_baselines:
         for name, params in baselines.items():
-            study.enqueue_trial(params, user_attrs={"baseline": name})
+            study.enqueue_trial(params, user_attrs={ORIGIN_ATTR: BASELINE, "baseline": name})
     # The dashboard then labels the value "val_accuracy", not "Objective 0".
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -100,7 +153,9 @@ def enqueue_exported(study: optuna.Study, params_by_source: dict[str, dict]) -> 
     """
     before = len(study.get_trials(deepcopy=False))
     for source, params in params_by_source.items():
-        study.enqueue_trial(params, user_attrs={"enqueued_from": source}, skip_if_exists=True)
+        study.enqueue_trial(
+            params, user_attrs={ORIGIN_ATTR: EXPORT, "enqueued_from": source}, skip_if_exists=True
+        )
     return len(study.get_trials(deepcopy=False)) - before
 
 
@@ -120,7 +175,9 @@ def load_definition(
         definition = study.user_attrs.get(DEFINITION_ATTR)
         if definition is not None:
             try:
-                return from_dict(definition, source=f"study {study_name!r} in the storage")
+                return from_dict(
+                    with_legacy_defaults(definition), source=f"study {study_name!r} in the storage"
+                )
             except ConfigError as e:
                 raise StudyError(str(e)) from None
         if time.monotonic() > deadline:
@@ -203,8 +260,11 @@ def _check_same_study(study: optuna.Study, config: StudyConfig) -> None:
             f"study {config.name!r} exists but was not created by search (no definition);"
             " pick another [study] name"
         )
+    stored = with_legacy_defaults(stored)
     new = config.to_dict()
     for section, table in new.items():
+        if not isinstance(table, dict):
+            continue
         for key, value in table.items():
             old = stored.get(section, {}).get(key)
             if key not in BUDGET_KEYS and old != value:
@@ -218,17 +278,28 @@ def _check_same_study(study: optuna.Study, config: StudyConfig) -> None:
 def _describe_sampler(config: StudyConfig) -> str:
     seed = f"seed={config.study.seed} + worker index"
     if config.trials.sampler == "random":
-        return f"RandomSampler({seed})"
-    return f"TPESampler({seed}, constant_liar=True)"
+        base = f"RandomSampler({seed})"
+    else:
+        base = (
+            f"TPESampler({seed}, n_startup_trials={N_STARTUP_TRIALS}, multivariate=True,"
+            " group=True, constant_liar=True)"
+        )
+    if not config.trials.prior or study_prior(config)[0] is None:
+        return base
+    centres = f", [prior] {config.prior}" if config.prior else ""
+    return f"PriorSampler(the space's prior{centres}, base={base})"
 
 
 def _describe_pruner(config: StudyConfig) -> str:
+    trials = config.trials
     return {
         "hyperband": (
-            f"HyperbandPruner(min_resource=1, max_resource={config.trials.max_epochs},"
-            " reduction_factor=3)"
+            f"HyperbandPruner(min_resource={trials.min_epochs},"
+            f" max_resource={trials.max_epochs}, reduction_factor=3)"
         ),
-        "successive_halving": "SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)",
+        "successive_halving": (
+            f"SuccessiveHalvingPruner(min_resource={trials.min_epochs}, reduction_factor=3)"
+        ),
         "median": "MedianPruner(n_startup_trials=5, n_warmup_steps=1)",
         "none": "NopPruner()",
-    }[config.trials.pruner]
+    }[trials.pruner]

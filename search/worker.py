@@ -11,8 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -28,6 +30,11 @@ POLL_SECONDS = 5.0
 # Seconds a worker waits for others' last trials (and reaps stale ones) before looking again.
 TAIL_WAIT_SECONDS = 2.0
 EXIT_CONFIG_ERROR = 2
+
+# Set when a worker's deadline passes; it also sets objective.STOP, so a running trial stops
+# at its next batch and is queued again, and the worker tells a timeout (a normal end, exit 0)
+# from a signal.
+TIME_UP = threading.Event()
 
 
 class WorkerError(RuntimeError):
@@ -50,12 +57,15 @@ def run_worker(
     data_dir: str | None = None,
     data: Dataset | None = None,
     max_trials: int | None = None,
+    deadline: float | None = None,
     log: Callable[[str], None] = print,
 ) -> int:
     """Run trials of a study until its budget is spent, its time is up or `max_trials` ran.
 
     Args:
         data: the study's dataset if the caller has loaded it already; else loaded here.
+        deadline: when the time is up, a Unix time (default: the study's timeout_minutes
+            from now). A trial running then stops at its next batch and is queued again.
 
     Returns the number of trials this worker ran.
     """
@@ -70,44 +80,78 @@ def run_worker(
         sampler=make_sampler(config, worker_index=worker_index),
         pruner=make_pruner(config),
     )
-    start = time.monotonic()
-    if data is None:
-        data = load_study_data(config.data, data_dir=data_dir)
-    log(
-        f"worker {worker_index}: {config.data.dataset} loaded in {time.monotonic() - start:.1f}s"
-        f" ({len(data.train)} train, {len(data.val)} validation images)"
-    )
-    objective = Objective(config, load_space(config.study.space), data)
     timeout = config.trials.timeout_minutes
-    deadline = start + timeout * 60 if timeout else None
-    n_run = 0
-    while (max_trials is None or n_run < max_trials) and not STOP.is_set():
-        if deadline is not None and time.monotonic() >= deadline:
-            log(f"worker {worker_index}: timeout of {timeout} minutes reached")
-            break
-        state = progress(study)
-        if state.finished >= config.trials.n_trials:
-            break
-        if state.counts[TrialState.FAIL] > max(10, config.trials.n_trials):
-            raise WorkerError(
-                f"study {study_name!r} has {state.counts[TrialState.FAIL]} failed trials, more"
-                " than its budget: see the trials' fail_reason (search status)"
-            )
-        if state.counts[TrialState.WAITING] == 0 and state.n_claimed >= config.trials.n_trials:
-            # Every remaining trial is running elsewhere: wait, and fail those whose worker
-            # died so their retries come back as WAITING trials for us.
-            optuna.storages.fail_stale_trials(study)
-            time.sleep(TAIL_WAIT_SECONDS)
-            continue
-        try:
-            study.optimize(objective, n_trials=1)
-        except Interrupted:
-            _retry_interrupted(study, objective)
-            raise
-        n_run += 1
+    if deadline is None and timeout:
+        deadline = time.time() + timeout * 60
+    if deadline is not None and time.time() >= deadline:
+        # A worker recycled or restarted after the deadline: nothing to load or run.
+        TIME_UP.set()
+        log(f"worker {worker_index}: time limit reached before it started")
+        return 0
+    # Stops a running trial at its next batch when the time is up, not after its last epoch.
+    timer = _start_timer(deadline) if deadline is not None else None
+    try:
+        start = time.monotonic()
+        if data is None:
+            data = load_study_data(config.data, data_dir=data_dir)
+        log(
+            f"worker {worker_index}: {config.data.dataset} loaded in"
+            f" {time.monotonic() - start:.1f}s"
+            f" ({len(data.train)} train, {len(data.val)} validation images)"
+        )
+        objective = Objective(config, load_space(config.study.space), data)
+        n_run = 0
+        while (max_trials is None or n_run < max_trials) and not STOP.is_set():
+            state = progress(study)
+            if state.finished >= config.trials.n_trials:
+                break
+            if state.counts[TrialState.FAIL] > max(10, config.trials.n_trials):
+                raise WorkerError(
+                    f"study {study_name!r} has {state.counts[TrialState.FAIL]} failed trials,"
+                    " more than its budget: see the trials' fail_reason (search status)"
+                )
+            if state.counts[TrialState.WAITING] == 0 and state.n_claimed >= config.trials.n_trials:
+                # Every remaining trial is running elsewhere: wait, and fail those whose
+                # worker died so their retries come back as WAITING trials for us.
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(TAIL_WAIT_SECONDS)
+                continue
+            try:
+                study.optimize(objective, n_trials=1)
+            except Interrupted:
+                _retry_interrupted(study, objective)
+                # The supervisor's SIGTERM at the deadline may come before this timer fires.
+                if deadline is not None and time.time() >= deadline:
+                    TIME_UP.set()
+                if not TIME_UP.is_set():
+                    raise
+                log(f"worker {worker_index}: its running trial was stopped and queued again")
+                break
+            n_run += 1
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if TIME_UP.is_set():
+        log(f"worker {worker_index}: time limit reached")
     summary = progress(study).line(config.trials.n_trials, config.study.metric)
     log(f"worker {worker_index}: ran {n_run} trials; {summary}")
     return n_run
+
+
+def _start_timer(deadline: float) -> threading.Timer:
+    """Set TIME_UP and STOP at `deadline` (a Unix time), from a thread of its own."""
+
+    def time_up() -> None:
+        from search.objective import STOP
+
+        TIME_UP.set()
+        STOP.set()
+
+    # A daemon: a worker that ends before its deadline does not wait for the timer.
+    timer = threading.Timer(max(0.0, deadline - time.time()), time_up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _retry_interrupted(study: optuna.Study, objective) -> None:
@@ -130,13 +174,18 @@ def supervise(
 
     Shows progress, fails stale trials (a reaper, so a study whose workers all died still
     recovers), restarts crashed workers up to `max_restarts` times each and recycles
-    workers that exit after their `--max-trials-per-process`.
+    workers that exit after their `--max-trials-per-process`. At the study's timeout the
+    workers stop their trials at the next batch and queue them again, and this returns 0.
     """
     study = optuna.load_study(study_name=config.name, storage=storage)
     log_dir.mkdir(parents=True, exist_ok=True)
     n_trials = config.trials.n_trials
     timeout = config.trials.timeout_minutes
-    deadline = time.monotonic() + timeout * 60 if timeout else None
+    deadline = time.time() + timeout * 60 if timeout else None
+    if deadline is not None:
+        # One deadline for every process: a recycled or restarted worker keeps it rather
+        # than timing its own full timeout from its start.
+        worker_args = [*worker_args, "--deadline", repr(deadline)]
     # Every process gets a new worker index, so a replaced or recycled worker seeds its
     # sampler afresh instead of suggesting its predecessor's first points again.
     starts = itertools.count()
@@ -168,9 +217,16 @@ def supervise(
             if line != last_line:
                 out(f"[{time.strftime('%H:%M:%S')}] {line}")
                 last_line = line
-            spent = (state is not None and state.finished >= n_trials) or (
-                deadline is not None and time.monotonic() >= deadline
-            )
+            if deadline is not None and time.time() >= deadline:
+                # The workers' own timers stopped their trials at this deadline; SIGTERM
+                # reaches any that missed it (a clock step, a worker still loading data).
+                out(f"time limit of {timeout:g} minutes reached; stopping workers...")
+                _stop(procs.values())
+                procs.clear()
+                requeued = _requeued_since(study, deadline)
+                out(f"{requeued} running trial{'s' * (requeued != 1)} stopped and queued again")
+                break
+            spent = state is not None and state.finished >= n_trials
             for i, proc in list(procs.items()):
                 code = proc.poll()
                 if code is None:
@@ -194,7 +250,8 @@ def supervise(
                     )
                 procs[i] = _start_worker(worker_args, i, next(starts), log_dir)
             if procs:
-                time.sleep(POLL_SECONDS)
+                wait = POLL_SECONDS if deadline is None else deadline - time.time()
+                time.sleep(min(POLL_SECONDS, max(0.0, wait)))
     except (KeyboardInterrupt, Terminated) as e:
         out("stopping workers (their running trials are failed and queued again)...")
         _stop(procs.values())
@@ -205,6 +262,24 @@ def supervise(
     state = progress(study)
     out(f"[{time.strftime('%H:%M:%S')}] {state.line(n_trials, config.study.metric)}")
     return 1 if gave_up and state.finished < n_trials else 0
+
+
+def _requeued_since(study: optuna.Study, deadline: float) -> int:
+    """How many trials interrupted at or after `deadline` (a Unix time) wait to run again."""
+    # Optuna stamps trials with the local time of the worker's machine, as datetime.now().
+    since = datetime.fromtimestamp(deadline)
+    trials = study.get_trials(deepcopy=False)
+    stopped = {
+        t.number
+        for t in trials
+        if t.state == TrialState.FAIL
+        and t.datetime_complete is not None
+        and t.datetime_complete >= since
+        and t.user_attrs.get("fail_reason", "").startswith("Interrupted")
+    }
+    # A retry's history ends with the trial it repeats (failed_trial is the first of them).
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    return sum(t.system_attrs.get("retry_history", [None])[-1] in stopped for t in waiting)
 
 
 class Terminated(Exception):

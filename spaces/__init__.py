@@ -2,23 +2,37 @@
 
 A space module has `suggest(trial) -> dict` (define-by-run, returns a plain JSON-able
 config that includes its training settings), `build(config, input_shape, num_classes)`
-(a compiled keras.Model; never sees a trial), `to_params(config)` (the Optuna params
-that make `suggest` return that config) and `BASELINES` (the notebook's models as
-configs). Training settings every space shares: `optimizer`, `learning_rate`,
-`schedule` and `batch_size`; optional: `weight_decay` (with the "adamw" optimizer) and
-`label_smoothing`. Optional: `OPTIONS` (fixed settings with defaults, set in a
-study's [space] table) and `warning(config) -> str | None` (why a config's results would
-mislead; the trial records it).
+(a compiled keras.Model; never sees a trial) and `BASELINES` (the notebook's models as
+params: `suggest(optuna.trial.FixedTrial(params))` is their config). Training settings
+every space shares: `optimizer`, `learning_rate`, `schedule` and `batch_size`; optional:
+`weight_decay` (with the "adamw" optimizer) and `label_smoothing`.
+
+Optional: `PRIOR` (what one believes before any trial: a `Prior` per param, read by
+`search.prior`), `OPTIONS` (fixed settings with defaults, set in a study's [space] table)
+and `warning(config) -> str | None` (why a config's results would mislead; the trial
+records it).
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
-SPACES = ("dense", "conv", "conv_plus", "transfer")
-REQUIRED = ("suggest", "build", "to_params", "BASELINES")
+SPACES = ("dense", "conv", "transfer")
+REQUIRED = ("suggest", "build", "BASELINES")
+
+
+class Prior(NamedTuple):
+    """A belief about one param: where a strong practitioner starts, and how sure one is.
+
+    `spread` is, for a number, the standard deviation of a normal around `centre` in
+    units of the param's range (of its logarithm where the param is log-scaled); for a
+    choice, the chance of drawing one of the other choices instead of `centre`.
+    """
+
+    centre: Any
+    spread: float
 
 
 class SpaceError(ValueError):
@@ -101,17 +115,3 @@ def suggest_schedule(trial: Any, names: tuple[str, ...]) -> dict[str, Any]:
     if name == "one_cycle":
         return {"name": name, "peak": trial.suggest_float("one_cycle_peak", 0.1, 0.5)}
     return {"name": name}
-
-
-def schedule_params(schedule: dict[str, Any]) -> dict[str, Any]:
-    """The params `suggest_schedule` takes to return `schedule`."""
-    params: dict[str, Any] = {"schedule": schedule["name"]}
-    if schedule["name"] == "step":
-        params |= {"step_every": schedule["every"], "step_factor": schedule["factor"]}
-    if schedule["name"] == "plateau":
-        params |= {"plateau_patience": schedule["patience"], "plateau_factor": schedule["factor"]}
-    if schedule["name"] == "warmup_cosine":
-        params |= {"warmup_epochs": schedule["warmup"]}
-    if schedule["name"] == "one_cycle":
-        params |= {"one_cycle_peak": schedule["peak"]}
-    return params

@@ -1,8 +1,9 @@
-"""Conv nets: 1-4 conv blocks (conv, optional batch norm, max-pool, dropout) and a dense head.
+"""Conv nets: 1-4 conv blocks (1-2 convs, optional batch norm, max-pool, dropout), a dense head.
 
 Training settings are searched too: optimizer, learning rate, its schedule (constant, step
-decay counted from the initial rate, cosine, reduce-on-plateau) and batch size. The
-notebook's Q5 models are points of this space (`BASELINES`).
+decay counted from the initial rate, cosine, reduce-on-plateau), label smoothing and batch
+size. The notebook's Q5 models are points of this space (`BASELINES`); `PRIOR` is where a
+strong practitioner starts on any image dataset.
 """
 
 from __future__ import annotations
@@ -12,25 +13,34 @@ from typing import Any
 import keras
 import optuna
 
-from spaces import compile_model, schedule_params, suggest_schedule
+from spaces import Prior, compile_model, suggest_schedule
 
 BATCH_SIZES = [32, 64, 128, 256]
 SCHEDULES = ("constant", "step", "cosine", "plateau")
+MAX_BLOCKS = 4
 
 
 def suggest(trial: optuna.Trial) -> dict[str, Any]:
     """Draw a conv-net config from the trial."""
+    optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd"])
+    # Each optimizer over the rates it learns at: SGD below 1e-3 barely moves in 20 epochs.
+    learning_rate = (
+        trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+        if optimizer == "adam"
+        else trial.suggest_float("sgd_learning_rate", 1e-3, 1e-1, log=True)
+    )
     return suggest_network(trial) | {
-        "optimizer": trial.suggest_categorical("optimizer", ["adam", "sgd"]),
-        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
+        "optimizer": optimizer,
+        "learning_rate": learning_rate,
         "schedule": suggest_schedule(trial, SCHEDULES),
+        "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
         "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
     }
 
 
 def suggest_network(trial: optuna.Trial) -> dict[str, Any]:
-    """The layers of a config: blocks, kernel, padding, batch norm and dense head."""
-    n_blocks = trial.suggest_int("n_blocks", 1, 4)
+    """The layers of a config: blocks, convs per block, kernel, padding, batch norm, head."""
+    n_blocks = trial.suggest_int("n_blocks", 1, MAX_BLOCKS)
     return {
         "blocks": [
             {
@@ -39,6 +49,7 @@ def suggest_network(trial: optuna.Trial) -> dict[str, Any]:
             }
             for i in range(n_blocks)
         ],
+        "convs_per_block": trial.suggest_int("convs_per_block", 1, 2),
         "kernel_size": trial.suggest_categorical("kernel_size", [3, 5]),
         "padding": trial.suggest_categorical("padding", ["same", "valid"]),
         "batch_norm": trial.suggest_categorical("batch_norm", [False, True]),
@@ -50,25 +61,37 @@ def suggest_network(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
-def to_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The params for which `suggest` returns `config`."""
-    params: dict[str, Any] = {"n_blocks": len(config["blocks"])}
-    for i, block in enumerate(config["blocks"]):
-        params[f"filters_b{i}"] = block["filters"]
-        params[f"dropout_b{i}"] = block["dropout"]
-    head = config["head"]
-    return params | {
-        "kernel_size": config["kernel_size"],
-        "padding": config["padding"],
-        "batch_norm": config["batch_norm"],
-        "head_units": head["units"],
-        "head_batch_norm": head["batch_norm"],
-        "head_dropout": head["dropout"],
-        "optimizer": config["optimizer"],
-        "learning_rate": config["learning_rate"],
-        **schedule_params(config["schedule"]),
-        "batch_size": config["batch_size"],
-    }
+# Where a strong practitioner starts on any small-image classifier, from general sources
+# only (never from runs on a study's data); the same for every dataset.
+PRIOR: dict[str, Prior] = {
+    # Three conv-pool stages, as the Keras CIFAR-10 and VGG-style examples use.
+    "n_blocks": Prior(3, 0.25),
+    # Filters double at every pooling stage from 32 (VGG, Simonyan & Zisserman 2015; Keras
+    # examples start at 32).
+    **{f"filters_b{i}": Prior(32 * 2**i, 0.15) for i in range(MAX_BLOCKS)},
+    # Dropout 0.25 after a conv block, as in the Keras CIFAR-10 example.
+    **{f"dropout_b{i}": Prior(0.25, 0.2) for i in range(MAX_BLOCKS)},
+    # One conv per block, as the Keras MNIST convnet; a second (VGG) doubles an epoch's cost.
+    "convs_per_block": Prior(1, 0.3),
+    # 3x3 kernels (VGG), 'same' padding so borders are kept, batch norm after each conv
+    # (Ioffe & Szegedy 2015) and in the head.
+    "kernel_size": Prior(3, 0.1),
+    "padding": Prior("same", 0.1),
+    "batch_norm": Prior(True, 0.1),
+    # A Dense 128 head with dropout 0.5 before the classifier (Srivastava et al. 2014; the
+    # Keras examples' head).
+    "head_units": Prior(128, 0.2),
+    "head_batch_norm": Prior(True, 0.2),
+    "head_dropout": Prior(0.5, 0.2),
+    # Adam at its default rate 1e-3 (Kingma & Ba 2015), decayed by a cosine (Loshchilov &
+    # Hutter 2017); label smoothing 0.1 (Szegedy et al. 2016); batch 128 (Keras examples).
+    "optimizer": Prior("adam", 0.1),
+    "learning_rate": Prior(1e-3, 0.2),
+    "sgd_learning_rate": Prior(1e-2, 0.2),
+    "schedule": Prior("cosine", 0.3),
+    "label_smoothing": Prior(0.1, 0.2),
+    "batch_size": Prior(128, 0.3),
+}
 
 
 def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
@@ -78,11 +101,9 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
     below 2x2 pads 'same' instead, and pooling stops once the map is 1x1, so deep
     configs on small images are still trained rather than failed.
 
-    Optional keys, which this space leaves out: `convs_per_block` (1 or 2; `conv_plus`
-    searches it), `augment` (random shifts, horizontal flips and erasing, in training only)
-    and the head's `pooling` ("flatten" or "gap", global average pooling); no built-in
-    space searches the last two, which configs exported from `conv_plus` before
-    2026-11-26 carry.
+    Optional keys, which this space does not search, for a space of your own: `augment`
+    (random shifts, horizontal flips and erasing, in training only) and the head's
+    `pooling` ("flatten" or "gap", global average pooling).
     """
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Rescaling(1.0 / 255)(inputs)
@@ -142,20 +163,28 @@ def _notebook(
     schedule: dict[str, Any] | None = None,
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    # Every notebook conv model: 3x3 convs, Dense 128 head, Adam at Keras' default rate.
-    return {
-        "blocks": [{"filters": f, "dropout": d} for f, d in zip(filters, dropout, strict=True)],
+    # Every notebook conv model: one 3x3 conv per block, a Dense 128 head, Adam at Keras'
+    # default rate, no label smoothing.
+    params: dict[str, Any] = {"n_blocks": len(filters)}
+    for i, (f, d) in enumerate(zip(filters, dropout, strict=True)):
+        params |= {f"filters_b{i}": f, f"dropout_b{i}": d}
+    return params | {
+        "convs_per_block": 1,
         "kernel_size": 3,
         "padding": padding,
         "batch_norm": batch_norm,
-        "head": {"units": 128, "batch_norm": batch_norm, "dropout": head_dropout},
+        "head_units": 128,
+        "head_batch_norm": batch_norm,
+        "head_dropout": head_dropout,
         "optimizer": "adam",
         "learning_rate": 1e-3,
-        "schedule": schedule or {"name": "constant"},
+        **(schedule or {"schedule": "constant"}),
+        "label_smoothing": 0.0,
         "batch_size": batch_size,
     }
 
 
+# The notebook's Q5 models, as params.
 BASELINES: dict[str, dict[str, Any]] = {
     "model_a": _notebook([32], [0.0], padding="valid", head_dropout=0.0, batch_size=64),
     "model_b": _notebook([32, 64, 128], [0.25, 0.25, 0.4]),
@@ -165,6 +194,6 @@ BASELINES: dict[str, dict[str, Any]] = {
         [32, 64, 128],
         [0.25, 0.25, 0.4],
         batch_norm=True,
-        schedule={"name": "step", "every": 10, "factor": 0.1},
+        schedule={"schedule": "step", "step_every": 10, "step_factor": 0.1},
     ),
 }

@@ -38,6 +38,7 @@ def study_toml(
     name: str = "t",
     space: str = "dense",
     seed: int = 0,
+    metric: str = "val_accuracy",
     dataset: str = "fashion_mnist",
     train_subset: int = 2000,
     validation_subset: int = 1000,
@@ -45,18 +46,21 @@ def study_toml(
     max_epochs: int = 4,
     sampler: str = "tpe",
     pruner: str = "median",
+    prior: bool = True,
     enqueue_baselines: bool = False,
     heartbeat_interval: int = 1,
     grace_period: int = 4,
+    prior_table: dict | None = None,
 ) -> str:
     """The text of a small study definition; keyword arguments set its keys."""
+    table = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (prior_table or {}).items())
     return textwrap.dedent(
         f"""\
         [study]
         name = "{name}"
         space = "{space}"
         seed = {seed}
-        metric = "val_accuracy"
+        metric = "{metric}"
 
         [data]
         dataset = "{dataset}"
@@ -70,11 +74,12 @@ def study_toml(
         max_epochs = {max_epochs}
         sampler = "{sampler}"
         pruner = "{pruner}"
+        prior = {str(prior).lower()}
         enqueue_baselines = {str(enqueue_baselines).lower()}
         heartbeat_interval = {heartbeat_interval}
         grace_period = {grace_period}
         """
-    )
+    ) + (f"\n[prior]\n{table}" if table else "")
 
 
 @pytest.fixture

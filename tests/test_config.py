@@ -8,7 +8,7 @@ from conftest import REPO, run_search, study_toml
 from search.config import ConfigError, load_config
 
 
-@pytest.mark.parametrize("name", ["quick", "dense", "conv", "conv_plus", "transfer"])
+@pytest.mark.parametrize("name", ["quick", "dense", "conv", "transfer"])
 def test_shipped_studies_are_valid(name):
     config = load_config(REPO / "studies" / f"{name}.toml")
     assert config.name == name and config.direction == "maximize"
@@ -35,6 +35,8 @@ def test_defaults_and_budget_override(write_study):
         (("grace_period = 4", "grace_period = 1"), "grace_period is 1, but must be greater"),
         (("n_trials = 8\n", ""), r"\[trials\] n_trials is required"),
         (("[study]", "[study\n"), "not valid TOML"),
+        (("prior = true", "prior = false\n[prior]\nn_blocks = 2"), r"\[prior\] table, but"),
+        (("max_epochs = 4", "max_epochs = 4\nmin_epochs = 5"), "min_epochs is 5, but must be <="),
     ],
 )
 def test_broken_definitions_name_the_file_and_key(write_study, replace, message):
@@ -55,6 +57,8 @@ def test_missing_study_file():
         ({"space": "resnet"}, "space is 'resnet', but no module spaces.resnet exists"),
         ({"dataset": "npz:/nonexistent/data.npz"}, "dataset npz:/nonexistent/data.npz: no such"),
         ({"pruner": "asha"}, r"\[trials\] pruner is 'asha'"),
+        ({"prior_table": {"learning_rate": 0.5}}, r"[prior] learning_rate is 0.5, but must lie"),
+        ({"prior_table": {"lr": 0.5}}, r"unknown key [prior] lr"),
     ],
 )
 def test_cli_rejects_bad_study_with_exit_2_and_creates_nothing(

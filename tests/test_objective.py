@@ -26,7 +26,7 @@ def _config(**keys):
 def test_reporter_reports_every_epoch_and_records_history(small_data):
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     trial = study.ask()
-    config = dense.BASELINES["model_0"]
+    config = dense.suggest(optuna.trial.FixedTrial(dense.BASELINES["model_0"]))
     model = dense.build(config, small_data.input_shape, small_data.num_classes)
     reporter = PruningReporter(trial, "val_accuracy")
     fit(model, config, small_data, epochs=3, callbacks=[reporter])
@@ -44,7 +44,7 @@ def test_reporter_prunes_when_the_pruner_says_so(small_data):
         direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.0)
     )
     trial = study.ask()
-    config = dense.BASELINES["model_0"]
+    config = dense.suggest(optuna.trial.FixedTrial(dense.BASELINES["model_0"]))
     model = dense.build(config, small_data.input_shape, small_data.num_classes)
     with pytest.raises(optuna.TrialPruned, match="pruned at epoch 1"):
         fit(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import optuna
@@ -167,3 +168,68 @@ def test_recycled_workers_are_replaced_and_draw_new_points(tmp_path, write_study
     assert len({t.user_attrs["worker"] for t in trials}) == 4
     # ...and each new process seeds its sampler afresh instead of repeating the first point.
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+
+
+def test_timeout_stops_running_trials_and_queues_them_again(tmp_path, write_study):
+    # Each trial would train for minutes; the study's time limit is 30 seconds.
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = write_study(n_trials=4, max_epochs=300, pruner="none")
+    proc = start_search(
+        "run",
+        study,
+        "--workers",
+        "2",
+        "--timeout-minutes",
+        "0.5",
+        "--storage",
+        storage,
+        cwd=tmp_path,
+    )
+    # Without a wall-clock limit the run would take many minutes: fail in 3 instead.
+    # SIGTERM, not SIGKILL: the supervisor then stops its workers rather than orphaning them.
+    watchdog = threading.Timer(180, proc.terminate)
+    watchdog.start()
+    started = None
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("started 2 workers"):
+                # The supervisor set its deadline, 30 s from now, just before this line.
+                started = time.monotonic()
+        output = "".join(lines)
+        code = proc.wait()
+        ended = time.monotonic()
+    finally:
+        watchdog.cancel()
+    assert code == 0 and started is not None, output
+    assert 29 < ended - started < 30 + 60, output
+    trials = _trials(storage)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped and all(t.user_attrs["fail_reason"].startswith("Interrupted") for t in stopped)
+    assert all(len(t.intermediate_values) < 300 for t in stopped)
+    # Each stopped trial waits in the queue with its params, and the output says so.
+    queued = {t.system_attrs["failed_trial"]: t for t in trials if t.state == TrialState.WAITING}
+    assert sorted(queued) == [t.number for t in stopped]
+    assert all(queued[t.number].params == t.params for t in stopped)
+    assert "time limit of 0.5 minutes reached" in output
+    n = len(stopped)
+    assert f"{n} running trial{'s' * (n != 1)} stopped and queued again" in output
+    # The workers took the stop for their time limit (exit 0), not for a signal.
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "t" / "logs").glob("*.log"))
+    assert "its running trial was stopped and queued again" in logs
+    # A worker started after the deadline it was given (recycled, restarted) runs nothing.
+    late = run_search(
+        "worker",
+        "--study-name",
+        "t",
+        "--deadline",
+        str(time.time() - 1),
+        "--storage",
+        storage,
+        cwd=tmp_path,
+    )
+    assert late.returncode == 0, late.stdout + late.stderr
+    assert "time limit reached before it started" in late.stdout
+    assert len(_trials(storage)) == len(trials)

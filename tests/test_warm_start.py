@@ -22,6 +22,7 @@ def _warm_study(write_study):
         n_trials=3,
         max_epochs=1,
         pruner="none",
+        prior=False,
         train_subset=500,
         validation_subset=250,
     )

@@ -24,10 +24,6 @@ def suggest(trial) -> dict[str, Any]:
     }
 
 
-def to_params(config: dict[str, Any]) -> dict[str, Any]:
-    return {"units": config["units"]}
-
-
 def build(config: dict[str, Any], input_shape, num_classes: int) -> keras.Model:
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Flatten()(inputs)

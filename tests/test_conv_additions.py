@@ -1,4 +1,5 @@
-"""The conv_plus space through the CLI: its additions train, export, retrain and reload."""
+"""The conv space's additions through the CLI: two convs per block and label smoothing train,
+export, retrain and reload."""
 
 from __future__ import annotations
 
@@ -12,18 +13,24 @@ from conftest import cli_env, run_search, study_toml
 from optuna.trial import TrialState
 
 from search.storage import open_storage
-from spaces import conv_plus
+from spaces import conv
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-# A small net with both additions on.
-EVERYTHING_ON = conv_plus.BASELINES["model_a"] | {
-    "blocks": [{"filters": 16, "dropout": 0.1}, {"filters": 32, "dropout": 0.1}],
+# A small net with both additions on, as params.
+EVERYTHING_ON = conv.BASELINES["model_a"] | {
+    "n_blocks": 2,
+    "filters_b0": 16,
+    "dropout_b0": 0.1,
+    "filters_b1": 32,
+    "dropout_b1": 0.1,
     "convs_per_block": 2,
-    "head": {"units": 32, "batch_norm": True, "dropout": 0.2},
+    "head_units": 32,
+    "head_batch_norm": True,
+    "head_dropout": 0.2,
     "label_smoothing": 0.1,
-    "schedule": {"name": "cosine"},
+    "schedule": "cosine",
 }
 
 
@@ -31,9 +38,10 @@ def test_a_config_with_both_additions_trains_exports_retrains_and_reloads(tmp_pa
     storage = f"sqlite:///{tmp_path / 's.db'}"
     text = study_toml(
         name="plus",
-        space="conv_plus",
+        space="conv",
         sampler="random",
         pruner="none",
+        prior=False,
         n_trials=2,
         max_epochs=2,
         train_subset=600,
@@ -43,7 +51,7 @@ def test_a_config_with_both_additions_trains_exports_retrains_and_reloads(tmp_pa
     result = run_search("create", study_file, "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     study = optuna.load_study(study_name="plus", storage=open_storage(storage))
-    study.enqueue_trial(conv_plus.to_params(EVERYTHING_ON))
+    study.enqueue_trial(EVERYTHING_ON)
     result = run_search("run", study_file, "--workers", "1", "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -51,7 +59,7 @@ def test_a_config_with_both_additions_trains_exports_retrains_and_reloads(tmp_pa
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     # The enqueued trial trained the config with both additions and learned: chance is
     # 0.1, and 0.15 is about 3 standard errors above it on 300 validation images.
-    assert trials[0].params == conv_plus.to_params(EVERYTHING_ON)
+    assert trials[0].params == EVERYTHING_ON
     assert trials[0].value > 0.15
 
     export = tmp_path / "plus.json"
@@ -61,7 +69,7 @@ def test_a_config_with_both_additions_trains_exports_retrains_and_reloads(tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     bundle = json.loads(export.read_text())
     entry = next(e for e in bundle["trials"] if e["number"] == 0)
-    assert entry["config"] == EVERYTHING_ON
+    assert entry["config"] == conv.suggest(optuna.trial.FixedTrial(EVERYTHING_ON))
     # Retrain the config with both additions (the export's best first: keep only trial 0).
     bundle["trials"] = [entry]
     export.write_text(json.dumps(bundle))
