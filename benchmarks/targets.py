@@ -2,11 +2,12 @@
 
 The path a user takes, timed: `search run` (one 1-thread worker per core) stopped once
 `--minutes` have passed; `search export --top K --reevaluate S` (the K best configs
-trained again with S other seeds on the training split, ranked by their mean validation
-accuracy: no test data); `search retrain` of the winner, its test set evaluated once.
+trained again with S other seeds on the training split, ranked by their mean of the
+study's metric on the validation split: no test data); `search retrain` of the winner,
+its test set evaluated once.
 Writes `targets-<study>.json` and `.md` to benchmarks/results/; scratch in runs/bench/.
 
-    python -m benchmarks.targets studies/conv_plus.toml --minutes 55 --top 1 --reevaluate 2 \
+    python -m benchmarks.targets studies/conv.toml --minutes 55 --top 1 --reevaluate 2 \
         --target 0.935
 """
 

@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         metavar="S",
         help="retrain each of the K with S other seeds (>= 2) on the train split and rank them"
-        " by mean validation accuracy",
+        " by their mean of the study's metric on the validation split",
     )
     p.add_argument(
         "--threads",

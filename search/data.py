@@ -219,7 +219,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _load_npz(path: Path, part: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Load one part of a user's .npz and check it against the rules in the README."""
+    """Load one part of a user's .npz and check it against the rules in docs/studies.md."""
     where = f"dataset npz:{path}"
     if not path.is_file():
         raise DataError(f"{where}: no such file")
