@@ -16,6 +16,7 @@ from pathlib import Path
 
 import optuna
 
+from search import __version__
 from search.config import ConfigError, StudyConfig, check_space_options, load_config
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, serve_dashboard
 from search.data import DataError, Dataset
@@ -34,6 +35,11 @@ USER_ERRORS = (
     StudyError,
 )
 RUNS_DIR = Path("runs")
+# -v/-q as a number (-2 to 1), for the worker processes a supervisor starts.
+LOG_LEVEL_ENV = "SEARCH_LOG_LEVEL"
+# `search run` restarts a worker process after this many trials: memory held across
+# trials by TensorFlow grows with each (benchmarks/results/worker_memory.md).
+RECYCLE_AFTER = 10
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     parser = _parser()
     args = parser.parse_args(argv)
+    _set_log_level(args)
+    if hasattr(args, "study"):
+        _resolve_study_name(parser, args)
     try:
         return args.command(args) or 0
     except USER_ERRORS as e:
@@ -55,15 +64,32 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="search", description="Hyperparameter search for Keras image classifiers."
     )
+    parser.add_argument("--version", action="version", version=f"search {__version__}")
+    # Shared by every command, so `search run -v STUDY.toml` works as well as `search -v run`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--storage",
+        help="storage URL (default: $SEARCH_STORAGE, else sqlite:///runs/search.db)",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more (Optuna's debug messages); workers started by `run` inherit it",
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=0,
+        help="log less: -q warnings and errors only, -qq errors only",
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
         p.set_defaults(command=func, name=name)
-        p.add_argument(
-            "--storage",
-            help="storage URL (default: $SEARCH_STORAGE, else sqlite:///runs/search.db)",
-        )
         return p
 
     p = command("run", _run, "Create or resume a study and run it with N local workers.")
@@ -71,7 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (1)")
     _budget_flags(p)
     _enqueue_flag(p)
-    _worker_flags(p)
+    _worker_flags(p, recycle_default=RECYCLE_AFTER)
+    p.add_argument(
+        "--no-recycle",
+        action="store_true",
+        help="keep each worker process for all its trials (no --max-trials-per-process)",
+    )
 
     p = command("worker", _worker, "Run one worker process for a study (any machine).")
     p.add_argument("study_file", metavar="STUDY.toml", nargs="?")
@@ -88,7 +119,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
 
     p = command("status", _status, "List the studies, or one study's trials and best trial.")
-    p.add_argument("study_name", metavar="STUDY_NAME", nargs="?")
+    _study_name_args(p, required=False)
+    p.add_argument(
+        "-f",
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table (default) or json, for scripts and jq",
+    )
 
     p = command("dashboard", _dashboard, "Serve optuna-dashboard over the storage (Ctrl-C stops).")
     p.add_argument("study_file", metavar="STUDY.toml", nargs="?", help="print this study's page")
@@ -103,13 +141,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     p = command("reap", _reap, "Fail trials whose worker stopped heartbeating; retry them.")
-    p.add_argument("study_name", metavar="STUDY_NAME", nargs="?", help="default: all studies")
+    _study_name_args(p, required=False, help="default: all studies")
     p.add_argument(
         "--every", type=float, metavar="SECONDS", help="keep reaping at this period until stopped"
     )
 
     p = command("export", _export, "Write a study's best trial (or K best) as a JSON bundle.")
-    p.add_argument("study_name", metavar="STUDY_NAME")
+    _study_name_args(p, required=True)
     p.add_argument("-o", "--output", metavar="FILE", help="default: runs/STUDY_NAME/best.json")
     p.add_argument("--top", type=_positive_int, default=1, help="the K best completed trials (1)")
     p.add_argument(
@@ -146,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
 
     p = command("report", _report, "Write a study's HTML report, with its retrained configs.")
-    p.add_argument("study_name", metavar="STUDY_NAME")
+    _study_name_args(p, required=True)
     p.add_argument("-o", "--output", metavar="DIR", help="default: runs/STUDY_NAME")
     p.add_argument(
         "--retrained",
@@ -158,6 +196,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
     return parser
+
+
+def _study_name_args(p: argparse.ArgumentParser, *, required: bool, help: str = "") -> None:
+    """A study by name: `--study-name NAME`, as Optuna's CLI, or positional as a shorthand."""
+    p.add_argument("study", metavar="STUDY_NAME", nargs="?", help=help or None)
+    p.add_argument("--study-name", help="the study's name (the same as STUDY_NAME)")
+    p.set_defaults(study_required=required)
+
+
+def _resolve_study_name(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.study and args.study_name and args.study != args.study_name:
+        parser.error(
+            f"{args.name}: STUDY_NAME {args.study!r} and --study-name"
+            f" {args.study_name!r} differ; give one"
+        )
+    args.study_name = args.study_name or args.study
+    if args.study_required and not args.study_name:
+        parser.error(f"{args.name}: give the study as STUDY_NAME or --study-name NAME")
+
+
+def _set_log_level(args: argparse.Namespace) -> None:
+    """Optuna's log level from -v/-q, else from the environment a supervisor passed on."""
+    steps = args.verbose - args.quiet
+    if steps:
+        os.environ[LOG_LEVEL_ENV] = str(max(-2, min(1, steps)))
+    steps = int(os.environ.get(LOG_LEVEL_ENV, "0"))
+    levels = {-2: optuna.logging.ERROR, -1: optuna.logging.WARNING, 0: optuna.logging.INFO}
+    optuna.logging.set_verbosity(levels.get(steps, optuna.logging.DEBUG))
 
 
 def _budget_flags(p: argparse.ArgumentParser) -> None:
@@ -174,7 +240,7 @@ def _enqueue_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _worker_flags(p: argparse.ArgumentParser) -> None:
+def _worker_flags(p: argparse.ArgumentParser, *, recycle_default: int | None = None) -> None:
     p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
     p.add_argument(
         "--threads",
@@ -185,8 +251,9 @@ def _worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-trials-per-process",
         type=_positive_int,
-        default=None,
-        help="restart a worker process after this many trials, bounding its memory",
+        default=recycle_default,
+        help="restart a worker process after this many trials, bounding its memory"
+        + (f" ({recycle_default})" if recycle_default else ""),
     )
 
 
@@ -264,7 +331,7 @@ def _run(args: argparse.Namespace) -> int:
         worker_args += ["--storage", args.storage]
     if args.data_dir:
         worker_args += ["--data-dir", args.data_dir]
-    if args.max_trials_per_process:
+    if args.max_trials_per_process and not args.no_recycle:
         worker_args += ["--max-trials-per-process", str(args.max_trials_per_process)]
     code = supervise(
         config,
@@ -325,7 +392,7 @@ def _create(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from search.status import print_status
 
-    print_status(_open(args), args.study_name)
+    print_status(_open(args), args.study_name, output_format=args.format)
     return 0
 
 

@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.study import StudyError, progress
 
+# The trial attributes `search status --format json` gives besides Optuna's own fields.
+JSON_ATTRS = (
+    "origin",
+    "baseline",
+    "epochs",
+    "best_epoch",
+    "seconds",
+    "n_params",
+    "seed",
+    "worker",
+    "fail_reason",
+    "pruned_reason",
+    "warning",
+)
 
-def print_status(storage: optuna.storages.BaseStorage, study_name: str | None = None) -> None:
-    """Print the storage's studies, or one study's trials and best trial."""
+
+def print_status(
+    storage: optuna.storages.BaseStorage,
+    study_name: str | None = None,
+    *,
+    output_format: str = "table",
+) -> None:
+    """Print the storage's studies, or one study's trials and best trial.
+
+    Args:
+        output_format: "table" for people, "json" for scripts (one JSON document).
+    """
+    if output_format == "json":
+        print(json.dumps(status_json(storage, study_name), indent=2))
+        return
     if study_name is None:
         studies = optuna.get_all_study_summaries(storage, include_best_trial=False)
         if not studies:
@@ -34,6 +64,50 @@ def print_status(storage: optuna.storages.BaseStorage, study_name: str | None = 
             f" {trial_note(t)}"
         )
     print(describe_best(study_name, storage))
+
+
+def status_json(
+    storage: optuna.storages.BaseStorage, study_name: str | None = None
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """The storage's studies with their counts, or one study with its trials, as plain data."""
+    if study_name is None:
+        return [
+            _study_json(optuna.load_study(study_name=s.study_name, storage=storage))
+            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        ]
+    study = _load(study_name, storage)
+    return _study_json(study) | {"trials": [_trial_json(t) for t in study.get_trials()]}
+
+
+def _study_json(study: optuna.Study) -> dict[str, Any]:
+    state = progress(study)
+    definition = study.user_attrs.get("definition", {})
+    return {
+        "study_name": study.study_name,
+        "direction": study.direction.name.lower(),
+        "metric": definition.get("study", {}).get("metric"),
+        "space": definition.get("study", {}).get("space"),
+        "n_trials": definition.get("trials", {}).get("n_trials"),
+        "counts": {s.name.lower(): state.counts[s] for s in TrialState},
+        "best_trial": state.best.number if state.best else None,
+        "best_value": state.best.value if state.best else None,
+    }
+
+
+def _trial_json(t: FrozenTrial) -> dict[str, Any]:
+    def when(d):
+        return d.isoformat() if d is not None else None
+
+    return {
+        "number": t.number,
+        "state": t.state.name.lower(),
+        "value": t.value,
+        "params": t.params,
+        "datetime_start": when(t.datetime_start),
+        "datetime_complete": when(t.datetime_complete),
+        **{key: t.user_attrs[key] for key in JSON_ATTRS if key in t.user_attrs},
+        "retry_of": t.system_attrs.get("failed_trial"),
+    }
 
 
 def describe_best(study_name: str, storage: optuna.storages.BaseStorage) -> str:
