@@ -263,9 +263,12 @@ def _check_same_study(study: optuna.Study, config: StudyConfig) -> None:
     stored = with_legacy_defaults(stored)
     new = config.to_dict()
     for section, table in new.items():
-        if not isinstance(table, dict):
-            continue
-        for key, value in table.items():
+        keys = list(table)
+        if section in ("space", "prior"):
+            # Free-form tables: a key dropped from the file changes the study too.
+            keys += [k for k in stored.get(section, {}) if k not in table]
+        for key in keys:
+            value = table.get(key)
             old = stored.get(section, {}).get(key)
             if key not in BUDGET_KEYS and old != value:
                 raise StudyError(

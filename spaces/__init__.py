@@ -20,6 +20,11 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 SPACES = ("dense", "conv", "transfer")
+# Batch norm's running statistics follow the weights over about ten steps (PyTorch's
+# default). Keras' 0.99 averages over a hundred or more, so early in training, or on a
+# small dataset with few steps per epoch, a model is validated with stale statistics and
+# scores far below what it learned: what a pruner judging early epochs would see.
+BN_MOMENTUM = 0.9
 REQUIRED = ("suggest", "build", "BASELINES")
 
 

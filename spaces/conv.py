@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import optuna
 
-from spaces import Prior, compile_model, suggest_schedule
+from spaces import BN_MOMENTUM, Prior, compile_model, suggest_schedule
 
 BATCH_SIZES = [32, 64, 128, 256]
 SCHEDULES = ("constant", "step", "cosine", "plateau")
@@ -116,7 +116,7 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
             padding = config["padding"] if size - (k - 1) >= 2 else "same"
             x = keras.layers.Conv2D(block["filters"], k, padding=padding, activation="relu")(x)
             if config["batch_norm"]:
-                x = keras.layers.BatchNormalization()(x)
+                x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         if min(x.shape[1], x.shape[2]) >= 2:
             x = keras.layers.MaxPooling2D(2)(x)
         if block["dropout"] > 0:
@@ -128,7 +128,7 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
         x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(head["units"], activation="relu")(x)
     if head["batch_norm"]:
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     if head["dropout"] > 0:
         x = keras.layers.Dropout(head["dropout"])(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax")(x)

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import optuna
 
-from spaces import Prior, compile_model, suggest_schedule
+from spaces import BN_MOMENTUM, Prior, compile_model, suggest_schedule
 from spaces.conv import augmentation
 
 BATCH_SIZES = [32, 64, 128, 256]
@@ -87,7 +87,7 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
         regularizer = keras.regularizers.L1(config["l1"]) if config["l1"] > 0 else None
         x = keras.layers.Dense(units, activation="relu", activity_regularizer=regularizer)(x)
         if config["batch_norm"]:
-            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         if dropout > 0:
             x = keras.layers.Dropout(dropout)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax")(x)

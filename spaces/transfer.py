@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import optuna
 
-from spaces import Prior, compile_model, suggest_schedule
+from spaces import BN_MOMENTUM, Prior, compile_model, suggest_schedule
 
 OPTIONS: dict[str, Any] = {
     "backbone": "mobilenet_v2",
@@ -133,7 +133,7 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
     head = config["head"]
     x = POOLINGS[head["pooling"]](name=f"{HEAD}pooling")(x)
     if head["batch_norm"]:
-        x = keras.layers.BatchNormalization(name=f"{HEAD}batch_norm")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{HEAD}batch_norm")(x)
     x = keras.layers.Dense(head["units"], activation="relu", name=f"{HEAD}dense")(x)
     if head["dropout"] > 0:
         x = keras.layers.Dropout(head["dropout"], name=f"{HEAD}dropout")(x)

@@ -212,3 +212,14 @@ def test_a_bad_prior_table_names_the_key(table, message):
 
     with pytest.raises(ConfigError, match=message):
         study_prior(_config(prior_table=table))
+
+
+def test_dropping_a_prior_centre_changes_the_study():
+    from search.study import StudyError
+
+    storage = optuna.storages.InMemoryStorage()
+    with_centre = _config(prior_table={"learning_rate": 3e-3})
+    create_study(with_centre, storage, {}, prior_centre=study_prior(with_centre)[1])
+    # The same file without its [prior] table would search from another centre.
+    with pytest.raises(StudyError, match=r"\[prior\] learning_rate = 0.003"):
+        create_study(_config(), storage, {})
