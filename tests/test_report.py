@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_search
+from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, run_search
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def test_report_opens_in_chromium_with_every_section(report, browser):
     for name in ("T-shirt/top", "Ankle boot"):
         expect(page.locator("section#data")).to_contain_text(name)
     totals = page.locator("section#data tr").last.inner_text().split()
-    assert totals == ["total", "2,000", "1,000", "10,000"]
+    assert totals == ["total", f"{STUDY_RUN_TRAIN:,}", f"{STUDY_RUN_VALIDATION:,}", "10,000"]
     # The trials table: every trial with its state, the failure's reason, the test result.
     rows = page.locator("section#trials tbody tr")
     expect(rows).to_have_count(len(trials))
