@@ -26,28 +26,29 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 
-# Seconds that the longest tests took in a serial run on 2 cores, a session fixture's setup
-# counted with the test that first needs it. Under pytest-xdist (`-n`, see pyproject.toml)
-# they are handed out first, longest first, so that no worker starts one of them while the
-# others run out of tests. A renamed test merely loses its head start.
+# Seconds that the longest tests took in a run on 2 cores with 3 pytest-xdist workers. Under
+# pytest-xdist (pyproject.toml) they are handed out first, longest first, so that no worker
+# starts one of them while the others run out of tests. The first test of `study_run` goes
+# early too, as two dozen tests wait for that fixture. A renamed test loses its head start.
+# By test function name (all of a parametrized test's cases).
 LONGEST_FIRST = {
-    "test_postgres.py::test_workers_survive_sigkills_and_a_database_restart": 200,
-    "test_run.py::test_sigkilled_worker_trial_is_failed_and_retried_with_same_params": 105,
-    "test_run.py::test_ctrl_c_stops_cleanly_and_the_study_resumes": 103,
-    "test_run.py::test_two_workers_run_a_pruned_study_to_its_budget": 80,
-    "test_export.py::test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them": 75,
-    "test_conv_plus.py::test_a_config_with_both_additions_trains_exports_retrains_and_reloads": 73,
-    "test_dashboard.py::test_browser_watches_a_real_run_whose_workers_never_lock": 62,
-    "test_transfer.py::test_short_transfer_study_runs_through_the_cli": 53,
-    "test_run.py::test_recycled_workers_are_replaced_and_draw_new_points": 52,
-    "test_warm_start.py::test_enqueued_trials_run_first_and_once": 46,
-    "test_run.py::test_sigterm_to_the_supervisor_stops_its_workers": 45,
-    "test_reevaluate.py::test_parallel_reevaluation_gives_each_seed_the_result_it_gets_alone": 42,
-    "test_reevaluate.py::test_reevaluated_export_ranks_by_mean_and_retrain_reports_it": 33,
-    "test_config.py::test_cli_rejects_a_changed_definition_of_an_existing_study": 22,
-    "test_export.py::test_empty_and_unknown_studies_exit_2_and_write_nothing": 20,
-    "test_postgres.py::test_heartbeats_and_the_reaper_outlive_a_database_outage": 15,
-    "test_report.py::test_report_of_an_empty_or_unknown_study_exits_2_and_writes_nothing": 14,
+    "test_sigkilled_worker_trial_is_failed_and_retried_with_same_params": 285,
+    "test_ctrl_c_stops_cleanly_and_the_study_resumes": 252,
+    "test_workers_survive_sigkills_and_a_database_restart": 246,
+    "test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them": 200,
+    "test_a_config_with_both_additions_trains_exports_retrains_and_reloads": 130,
+    "test_two_workers_run_a_pruned_study_to_its_budget": 114,
+    "test_enqueued_trials_run_first_and_once": 97,
+    "test_short_transfer_study_runs_through_the_cli": 96,
+    "test_recycled_workers_are_replaced_and_draw_new_points": 88,
+    "test_parallel_reevaluation_gives_each_seed_the_result_it_gets_alone": 59,
+    "test_browser_watches_a_real_run_whose_workers_never_lock": 54,
+    "test_reevaluated_export_ranks_by_mean_and_retrain_reports_it": 49,
+    "test_sigterm_to_the_supervisor_stops_its_workers": 33,
+    "test_cli_rejects_a_changed_definition_of_an_existing_study": 27,
+    "test_report_of_an_empty_or_unknown_study_exits_2_and_writes_nothing": 21,
+    "test_heartbeats_and_the_reaper_outlive_a_database_outage": 18,
+    "test_empty_and_unknown_studies_exit_2_and_write_nothing": 15,
 }
 
 
@@ -55,11 +56,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Under pytest-xdist, the longest tests first; a serial run keeps pytest's order."""
     # The workers collect, and must agree on the order; the controller only hands out.
     if hasattr(config, "workerinput"):
-        items.sort(
-            key=lambda i: (
-                -LONGEST_FIRST.get(f"{i.path.name}::{getattr(i, 'originalname', i.name)}", 0)
-            )
-        )
+        items.sort(key=lambda i: -LONGEST_FIRST.get(getattr(i, "originalname", i.name), 0))
 
 
 def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[], dict]):

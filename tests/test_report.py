@@ -63,6 +63,8 @@ def report(study_run, retrained_best, tmp_path_factory) -> tuple[Path, list, dic
     return page, study.get_trials(), retrain
 
 
+# One pytest-xdist worker makes the module's report for both tests.
+@pytest.mark.xdist_group("report")
 def test_report_embeds_every_plot_as_a_png(report):
     page, _, _ = report
     text = page.read_text()
@@ -76,6 +78,7 @@ def test_report_embeds_every_plot_as_a_png(report):
     assert not re.search(r'(src|href)="(?!data:)', text)
 
 
+@pytest.mark.xdist_group("report")
 def test_report_opens_in_chromium_with_every_section(report, browser):
     from playwright.sync_api import expect
 
