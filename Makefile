@@ -36,8 +36,11 @@ run: setup data
 	$(BIN)/search retrain runs/$$name/best.json && \
 	$(BIN)/search report $$name
 
+# make test PYTEST_ARGS="-n 4 -k dashboard": pytest-xdist's worker count and more (pyproject.toml).
+PYTEST_ARGS ?=
+
 test: setup data test-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(BIN)/.installed
 

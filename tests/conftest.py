@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,64 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
+
+# Seconds that the longest tests took in a run on 2 cores with 3 pytest-xdist workers. Under
+# pytest-xdist (pyproject.toml) they are handed out first, longest first, so that no worker
+# starts one of them while the others run out of tests. The first test of `study_run` goes
+# early too, as two dozen tests wait for that fixture. A renamed test loses its head start.
+# By test function name (all of a parametrized test's cases).
+LONGEST_FIRST = {
+    "test_sigkilled_worker_trial_is_failed_and_retried_with_same_params": 285,
+    "test_ctrl_c_stops_cleanly_and_the_study_resumes": 252,
+    "test_workers_survive_sigkills_and_a_database_restart": 246,
+    "test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them": 200,
+    "test_a_config_with_both_additions_trains_exports_retrains_and_reloads": 130,
+    "test_two_workers_run_a_pruned_study_to_its_budget": 114,
+    "test_enqueued_trials_run_first_and_once": 97,
+    "test_short_transfer_study_runs_through_the_cli": 96,
+    "test_recycled_workers_are_replaced_and_draw_new_points": 88,
+    "test_parallel_reevaluation_gives_each_seed_the_result_it_gets_alone": 59,
+    "test_browser_watches_a_real_run_whose_workers_never_lock": 54,
+    "test_reevaluated_export_ranks_by_mean_and_retrain_reports_it": 49,
+    "test_sigterm_to_the_supervisor_stops_its_workers": 33,
+    "test_cli_rejects_a_changed_definition_of_an_existing_study": 27,
+    "test_report_of_an_empty_or_unknown_study_exits_2_and_writes_nothing": 21,
+    "test_heartbeats_and_the_reaper_outlive_a_database_outage": 18,
+    "test_empty_and_unknown_studies_exit_2_and_write_nothing": 15,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the longest tests first; a serial run keeps pytest's order."""
+    # The workers collect, and must agree on the order; the controller only hands out.
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda i: -LONGEST_FIRST.get(getattr(i, "originalname", i.name), 0))
+
+
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[], dict]):
+    """`make()`, a JSON object, once per test run, shared by the pytest-xdist workers.
+
+    The first worker that asks makes it, while the others wait for it; they all get the
+    same object back. An error in making it fails the others at once rather than making
+    them repeat the failing work. Without pytest-xdist it is simply `make()`.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make()
+    root = tmp_path_factory.getbasetemp().parent
+    done, failed = root / f"{name}.json", root / f"{name}.error"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return json.loads(done.read_text())
+        if failed.exists():
+            pytest.fail(f"{name} failed in another pytest-xdist worker:\n{failed.read_text()}")
+        try:
+            value = make()
+        except BaseException as e:
+            failed.write_text(f"{os.environ['PYTEST_XDIST_WORKER']}: {type(e).__name__}: {e}")
+            raise
+        done.write_text(json.dumps(value))
+        return value
 
 
 @pytest.fixture(scope="session")
@@ -135,17 +195,36 @@ class FinishedStudy:
     name: str = "t"
 
 
+# The data of `study_run`: small, as its tests check the commands, not the models.
+STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION = 1000, 500
+
+
 @pytest.fixture(scope="session")
 def study_run(tmp_path_factory) -> FinishedStudy:
-    """A small dense study run to its budget by 2 workers, with complete and pruned trials."""
-    cwd = tmp_path_factory.mktemp("finished")
-    study = cwd / "study.toml"
-    # Successive halving keeps only the top third at each epoch: most trials are pruned.
-    study.write_text(study_toml(n_trials=8, max_epochs=3, pruner="successive_halving"))
-    storage = f"sqlite:///{cwd / 'search.db'}"
-    result = run_search("run", study, "--workers", "2", "--storage", storage, cwd=cwd)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return FinishedStudy(cwd, storage)
+    """A small dense study run to its budget by 2 workers, with complete and pruned trials.
+
+    Run once per test run, also under pytest-xdist: its tests only read it.
+    """
+
+    def make() -> dict:
+        cwd = tmp_path_factory.mktemp("finished")
+        study = cwd / "study.toml"
+        # Successive halving keeps only the top third at each epoch: most trials are pruned.
+        text = study_toml(
+            n_trials=8,
+            max_epochs=3,
+            pruner="successive_halving",
+            train_subset=STUDY_RUN_TRAIN,
+            validation_subset=STUDY_RUN_VALIDATION,
+        )
+        study.write_text(text)
+        storage = f"sqlite:///{cwd / 'search.db'}"
+        result = run_search("run", study, "--workers", "2", "--storage", storage, cwd=cwd)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return {"cwd": str(cwd), "storage": storage}
+
+    made = once_per_run(tmp_path_factory, "study_run", make)
+    return FinishedStudy(Path(made["cwd"]), made["storage"])
 
 
 @dataclass(frozen=True)
@@ -158,18 +237,27 @@ class Retrained:
 
 
 @pytest.fixture(scope="session")
-def retrained_best(study_run) -> Retrained:
-    """`search export --top 2`, then `search retrain` of the best at its best epoch and seed."""
+def retrained_best(study_run, tmp_path_factory) -> Retrained:
+    """`search export --top 2`, then `search retrain` of the best at its best epoch and seed.
+
+    Done once per test run, also under pytest-xdist: its tests only read what it wrote.
+    """
     s = study_run
-    result = run_search("export", s.name, "--top", "2", "--storage", s.storage, cwd=s.cwd)
-    assert result.returncode == 0, result.stdout + result.stderr
-    export = s.cwd / "runs" / s.name / "best.json"
-    best = json.loads(export.read_text())["trials"][0]
-    result = run_search(
-        "retrain", export, "--epochs", best["best_epoch"], "--seed", best["seed"], cwd=s.cwd
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return Retrained(export, export.parent / f"trial-{best['number']}", result.stdout)
+
+    def make() -> dict:
+        result = run_search("export", s.name, "--top", "2", "--storage", s.storage, cwd=s.cwd)
+        assert result.returncode == 0, result.stdout + result.stderr
+        export = s.cwd / "runs" / s.name / "best.json"
+        best = json.loads(export.read_text())["trials"][0]
+        result = run_search(
+            "retrain", export, "--epochs", best["best_epoch"], "--seed", best["seed"], cwd=s.cwd
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        out_dir = export.parent / f"trial-{best['number']}"
+        return {"export": str(export), "out_dir": str(out_dir), "output": result.stdout}
+
+    made = once_per_run(tmp_path_factory, "retrained_best", make)
+    return Retrained(Path(made["export"]), Path(made["out_dir"]), made["output"])
 
 
 CHROMIUM = Path("/usr/bin/chromium")

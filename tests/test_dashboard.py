@@ -245,7 +245,17 @@ def test_browser_watches_a_real_run_whose_workers_never_lock(tmp_path: Path, pag
 
     url = f"sqlite:///{tmp_path / 'search.db'}"
     n_trials = 6
-    path, study = new_study(url, tmp_path, n_trials=n_trials, max_epochs=3, train_subset=2000)
+    # A grace period far above the heartbeat interval: on a busy machine (parallel tests) a new
+    # worker's first heartbeat can come late, and its trial be reaped; this test is about locks.
+    path, study = new_study(
+        url,
+        tmp_path,
+        n_trials=n_trials,
+        max_epochs=3,
+        train_subset=1000,
+        validation_subset=500,
+        grace_period=30,
+    )
     with serve(tmp_path, str(path), "--storage", url) as dashboard:
         stop = threading.Event()
         polls = []

@@ -6,7 +6,7 @@ import json
 
 import optuna
 import pytest
-from conftest import run_search
+from conftest import STUDY_RUN_TRAIN, run_search
 from optuna.trial import TrialState
 
 from search.export import FORMAT, read_export
@@ -36,7 +36,7 @@ def test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them(study_
     assert bundle["metric"] == "val_accuracy" and bundle["direction"] == "maximize"
     # The definition (space, data section, seeds, budget) as the study recorded it.
     assert bundle["definition"] == study.user_attrs["definition"]
-    assert bundle["definition"]["data"]["train_subset"] == 2000
+    assert bundle["definition"]["data"]["train_subset"] == STUDY_RUN_TRAIN
     assert set(bundle["versions"]) == {"python", "tensorflow", "keras", "optuna", "search"}
     for entry, trial in zip(bundle["trials"], ranked, strict=True):
         assert entry["value"] == trial.value and entry["params"] == trial.params

@@ -20,6 +20,8 @@ from search.storage import open_storage
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 GRACE, REAP_EVERY = 5, 2
+# The budget: enough trials that workers run before, during and after the kills and the restart.
+N_TRIALS = 12
 # Seconds the study may take; it takes about 60 on 2 cores.
 DEADLINE = 600
 DONE = {TrialState.COMPLETE, TrialState.PRUNED}
@@ -68,12 +70,8 @@ class Fleet:
         return running
 
 
-def _trials(url: str):
-    storage = open_storage(url, heartbeat_interval=1, grace_period=GRACE)
-    try:
-        return optuna.load_study(study_name="t", storage=storage).get_trials(deepcopy=False)
-    finally:
-        storage.engine.dispose()
+def _trials(storage: optuna.storages.BaseStorage):
+    return optuna.load_study(study_name="t", storage=storage).get_trials(deepcopy=False)
 
 
 def _stuck(trials, fleet: Fleet, logs, reaper: subprocess.Popen) -> str:
@@ -97,9 +95,11 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
     logs.mkdir()
     with PostgresServer() as pg:
         study = write_study(
-            n_trials=24,
+            n_trials=N_TRIALS,
             max_epochs=4,
-            train_subset=3000,
+            # Small: what is tested is the fleet, not the models (an epoch still takes seconds).
+            train_subset=1000,
+            validation_subset=500,
             pruner="median",
             heartbeat_interval=1,
             grace_period=GRACE,
@@ -116,6 +116,9 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
             stderr=subprocess.STDOUT,
             text=True,
         )
+        # One storage for the test's looks, 5 a second: a new one each time would cost a new
+        # connection (and a server process) each time. Its pool pings across the restart.
+        watch = open_storage(pg.url, heartbeat_interval=1, grace_period=GRACE)
         fleet = Fleet(pg.url, tmp_path, logs)
         for index in range(4):
             fleet.start(index)
@@ -123,13 +126,15 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
         restarted_db = False
         deadline = time.monotonic() + DEADLINE
         while fleet.tend():
-            trials = _trials(pg.url)
+            trials = _trials(watch)
             assert time.monotonic() < deadline, _stuck(trials, fleet, logs, reaper)
             if len(killed) < 2:
                 # Kill a worker that is in the middle of a trial, and start its replacement.
+                # Not a retry's: a retried trial is not retried again (MAX_RETRY is 1).
                 for t in trials:
                     pid = int(t.user_attrs.get("worker", "x:0").split(":")[1])
                     mid = t.state == TrialState.RUNNING and len(t.intermediate_values) == 1
+                    mid = mid and "failed_trial" not in t.system_attrs
                     index = next((i for i, p in fleet.procs.items() if p.pid == pid), None)
                     if mid and index is not None and t.number not in killed:
                         os.kill(pid, signal.SIGKILL)
@@ -145,7 +150,8 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
         assert reaper.poll() is None, reaper.communicate()[0]
         reaper.send_signal(signal.SIGINT)
         reaper_output = reaper.communicate(timeout=30)[0]
-        trials = _trials(pg.url)
+        trials = _trials(watch)
+        watch.engine.dispose()
 
     worker_logs = "\n".join(p.read_text() for p in logs.iterdir())
     print(f"worker restarts after failures: {fleet.n_restarts}")
@@ -153,8 +159,8 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
     # Every trial ended; none is left RUNNING or WAITING; numbers are exactly 0..N-1.
     assert {t.state for t in trials} <= DONE | {TrialState.FAIL}, worker_logs
     assert [t.number for t in trials] == list(range(len(trials)))
-    # The budget is exact: 24 trials COMPLETE or PRUNED, none counted twice.
-    assert sum(t.state in DONE for t in trials) == 24
+    # The budget is exact: N_TRIALS trials COMPLETE or PRUNED, none counted twice.
+    assert sum(t.state in DONE for t in trials) == N_TRIALS
     retried = {
         t.system_attrs["failed_trial"]: t for t in trials if "failed_trial" in t.system_attrs
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 import pytest
@@ -17,33 +19,40 @@ pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def test_reevaluated_export_ranks_by_mean_and_retrain_reports_it(study_run, tmp_path):
+@dataclass(frozen=True)
+class Reevaluated:
+    """`search export --top 2 --reevaluate 2 --jobs 2` of the finished study."""
+
+    export: Path
+    stdout: str
+
+
+@pytest.fixture(scope="module")
+def reevaluated(study_run, tmp_path_factory) -> Reevaluated:
+    """The re-evaluation both tests look at, made once (they share an xdist_group)."""
     s = study_run
+    directory = tmp_path_factory.mktemp("reevaluated")
     # The real training files beside test files that cannot be read: an export that
     # touched the test set would fail.
-    data_dir = tmp_path / "data"
+    data_dir = directory / "data"
     data_dir.mkdir()
     for name in FASHION_MNIST_FILES["train"]:
         (data_dir / name).symlink_to(find_fashion_mnist() / name)
     for name in FASHION_MNIST_FILES["test"]:
         (data_dir / name).write_bytes(b"not an IDX file")
-    out = tmp_path / "best.json"
+    out = directory / "best.json"
     result = run_search(
-        "export",
-        s.name,
-        "-o",
-        out,
-        "--top",
-        "2",
-        "--reevaluate",
-        "2",
-        "--data-dir",
-        data_dir,
-        "--storage",
-        s.storage,
-        cwd=s.cwd,
-    )
+        "export", s.name, "-o", out, "--top", "2", "--reevaluate", "2", "--jobs", "2",
+        "--data-dir", data_dir, "--storage", s.storage, cwd=s.cwd,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    return Reevaluated(out, result.stdout)
+
+
+@pytest.mark.xdist_group("reevaluate")
+def test_reevaluated_export_ranks_by_mean_and_retrain_reports_it(study_run, reevaluated, tmp_path):
+    s = study_run
+    out = reevaluated.export
     entries = json.loads(out.read_text())["trials"]
     study = optuna.load_study(study_name=s.name, storage=open_storage(s.storage))
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -64,7 +73,7 @@ def test_reevaluated_export_ranks_by_mean_and_retrain_reports_it(study_run, tmp_
     assert [e["rank"] for e in entries] == [1, 2]
     assert {e["reevaluation"]["trial_rank"] for e in entries} == {1, 2}
     # Progress: one line per seed as it finishes.
-    assert result.stdout.count("re-evaluating trial") == 4, result.stdout
+    assert reevaluated.stdout.count("re-evaluating trial") == 4, reevaluated.stdout
 
     # retrain takes the first entry, the winner, and carries its mean and spread.
     result = run_search("retrain", out, cwd=tmp_path)
@@ -94,21 +103,26 @@ def test_reevaluated_export_ranks_by_mean_and_retrain_reports_it(study_run, tmp_
     assert f"seed {r['seeds'][0]}: {r['val_accuracy'][0]:.4f}" in page
 
 
-def test_parallel_reevaluation_gives_each_seed_the_result_it_gets_alone(study_run, tmp_path):
+@pytest.mark.xdist_group("reevaluate")
+def test_parallel_reevaluation_gives_each_seed_the_result_it_gets_alone(
+    study_run, reevaluated, tmp_path
+):
     s = study_run
-    accuracies, outputs = {}, {}
-    for jobs in (1, 2):
-        out = tmp_path / f"jobs-{jobs}.json"
-        result = run_search(
-            "export", s.name, "-o", out, "--top", "2", "--reevaluate", "2", "--jobs", jobs,
-            "--storage", s.storage, cwd=s.cwd,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
-        outputs[jobs] = result.stdout
-        accuracies[jobs] = {
+    # Two at once: the module's re-evaluation; one at a time: this one.
+    out = tmp_path / "jobs-1.json"
+    result = run_search(
+        "export", s.name, "-o", out, "--top", "2", "--reevaluate", "2", "--jobs", "1",
+        "--storage", s.storage, cwd=s.cwd,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    outputs = {1: result.stdout, 2: reevaluated.stdout}
+    accuracies = {
+        jobs: {
             e["number"]: e["reevaluation"]["val_accuracy"]
-            for e in json.loads(out.read_text())["trials"]
+            for e in json.loads(path.read_text())["trials"]
         }
+        for jobs, path in ((1, out), (2, reevaluated.export))
+    }
     # Two trainings at once, each in its own 1-thread process: the same numbers, seed by seed.
     assert "re-evaluating 4 trainings, 2 at once" in outputs[2], outputs[2]
     assert "at once" not in outputs[1]

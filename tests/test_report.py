@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_search
+from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, run_search
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
@@ -63,6 +63,8 @@ def report(study_run, retrained_best, tmp_path_factory) -> tuple[Path, list, dic
     return page, study.get_trials(), retrain
 
 
+# One pytest-xdist worker makes the module's report for both tests.
+@pytest.mark.xdist_group("report")
 def test_report_embeds_every_plot_as_a_png(report):
     page, _, _ = report
     text = page.read_text()
@@ -76,6 +78,7 @@ def test_report_embeds_every_plot_as_a_png(report):
     assert not re.search(r'(src|href)="(?!data:)', text)
 
 
+@pytest.mark.xdist_group("report")
 def test_report_opens_in_chromium_with_every_section(report, browser):
     from playwright.sync_api import expect
 
@@ -93,7 +96,7 @@ def test_report_opens_in_chromium_with_every_section(report, browser):
     for name in ("T-shirt/top", "Ankle boot"):
         expect(page.locator("section#data")).to_contain_text(name)
     totals = page.locator("section#data tr").last.inner_text().split()
-    assert totals == ["total", "2,000", "1,000", "10,000"]
+    assert totals == ["total", f"{STUDY_RUN_TRAIN:,}", f"{STUDY_RUN_VALIDATION:,}", "10,000"]
     # The trials table: every trial with its state, the failure's reason, the test result.
     rows = page.locator("section#trials tbody tr")
     expect(rows).to_have_count(len(trials))

@@ -113,7 +113,8 @@ def test_short_transfer_study_runs_through_the_cli(tmp_path, write_study):
         train_subset=300,
         validation_subset=150,
         n_trials=3,
-        max_epochs=2,
+        # One epoch: what is tested is that the space runs through the CLI, not how it learns.
+        max_epochs=1,
         prior=False,
         enqueue_baselines=True,
     )
