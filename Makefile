@@ -40,6 +40,7 @@ run: setup data
 PYTEST_ARGS ?=
 
 test: setup data test-deps
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(BIN)/.installed
