@@ -75,11 +75,13 @@ def test_reevaluated_export_ranks_by_mean_and_retrain_reports_it(study_run, reev
     # Progress: one line per seed as it finishes.
     assert reevaluated.stdout.count("re-evaluating trial") == 4, reevaluated.stdout
 
-    # retrain takes the first entry, the winner, and carries its mean and spread.
-    result = run_search("retrain", out, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # retrain takes the first entry, the winner, and carries its mean and spread. The
+    # export is shared with another test: the retrained model goes to this test's directory.
     winner = entries[0]
-    report = json.loads((tmp_path / f"trial-{winner['number']}" / "report.json").read_text())
+    retrained = tmp_path / f"trial-{winner['number']}"
+    result = run_search("retrain", out, "-o", retrained, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((retrained / "report.json").read_text())
     assert report["trial"] == winner["number"]
     assert report["reevaluation"] == winner["reevaluation"]
     assert f"mean over 2 other seeds: {winner['reevaluation']['mean']:.4f}" in result.stdout
