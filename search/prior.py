@@ -220,6 +220,8 @@ class PriorSampler(optuna.samplers.BaseSampler):
         values: list[float] | None,
     ) -> None:
         self._base.after_trial(study, trial, state, values)
+        # The objective read the origin when the trial started; a worker's maps stay small.
+        self._origins.pop(trial.number, None)
         self._incumbents.pop(trial.number, None)
 
     def _sample_prior(self, distribution: BaseDistribution, prior: Prior) -> Any:
