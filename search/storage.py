@@ -14,6 +14,8 @@ import sqlite3
 import sys
 import time
 import warnings
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,28 @@ class _Storage(optuna.storages.RDBStorage):
         since = self._silent_since[study_id] = {i: before.get(i, now) for i in silent}
         grace = self.grace_period or 2 * (self.heartbeat_interval or 0)
         return stale + [i for i, t in since.items() if now - t > grace and i not in stale]
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        if state != TrialState.RUNNING or values is not None:
+            return super().set_trial_state_values(trial_id, state, values)
+        # Claiming a WAITING trial (an enqueued centre, baseline or retry). Optuna reads the
+        # state, then writes it; SQLite's driver runs that read outside a transaction, so two
+        # workers may both see WAITING and both run the trial (optuna#4621, optuna#4002).
+        # One conditional UPDATE claims it atomically on every database.
+        trials = models.TrialModel
+        claim = (
+            sqlalchemy.update(trials)
+            .where(trials.trial_id == trial_id, trials.state == TrialState.WAITING)
+            .values(state=TrialState.RUNNING, datetime_start=datetime.now())
+        )
+        with self.engine.begin() as conn:
+            claimed = conn.execute(claim).rowcount == 1
+        if not claimed:
+            # Taken by another worker, or finished: Optuna's contract raises for the latter.
+            self.check_trial_is_updatable(trial_id, self.get_trial(trial_id).state)
+        return claimed
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
