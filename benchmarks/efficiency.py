@@ -42,6 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from benchmarks.harness import (
     UNBOUNDED_TRIALS,
+    ForeignCpu,
     bench_env,
     describe_machine,
     git_commit,
@@ -53,7 +54,7 @@ from benchmarks.harness import (
     write_json_atomic,
     write_study,
 )
-from search.config import from_dict
+from search.config import from_dict, with_legacy_defaults
 
 CONTESTANTS = {
     "search": "this service: the study's sampler, pruner and prior",
@@ -62,8 +63,10 @@ CONTESTANTS = {
 }
 DEFAULT_CONTESTANTS = ("search", "hand")
 METRIC = "val_accuracy"
-# A run whose 1-minute load average at its start was above this shared the machine.
+# A run shared the machine when its 1-minute load average at its start was above this, or
+# other programs took more than FOREIGN_CPU_SHARE of the machine's CPU time during it.
 DISTURBED_LOAD = 0.5
+FOREIGN_CPU_SHARE = 0.05
 # Records live in <out>/efficiency/<dataset>/<contestant>-seed<N>.json.
 RECORDS_DIR = "efficiency"
 SUPERSEDED_DIR = "superseded"
@@ -327,9 +330,16 @@ def conflicts(runs: Sequence[Run]) -> list[Run]:
         if not run.path.exists():
             continue
         record = read_record(run.path)
-        if record is None or record.get("settings") != run.settings:
+        if record is None or _comparable(record.get("settings")) != run.settings:
             found.append(run)
     return found
+
+
+def _comparable(settings: Any) -> Any:
+    """Recorded settings without the keys that moved out of study definitions since."""
+    if not isinstance(settings, dict) or not isinstance(settings.get("study"), dict):
+        return settings
+    return {**settings, "study": with_legacy_defaults(settings["study"])}
 
 
 def supersede(path: Path) -> Path:
@@ -392,7 +402,8 @@ def run_all(
         _clear_scratch(workdir, run.name)
         load_start = load_average()
         date = dt.datetime.now().isoformat(timespec="seconds")
-        measured = (runner or _default_runner)(run, study_file, log)
+        with ForeignCpu() as foreign:
+            measured = (runner or _default_runner)(run, study_file, log)
         load_end = load_average()
         record = {
             "dataset": run.dataset,
@@ -404,14 +415,20 @@ def run_all(
             "date": date,
             "machine": describe_machine(),
             "load_average": {"start": load_start, "end": load_end},
-            "disturbed": load_start[0] > DISTURBED_LOAD,
+            "foreign_cpu": {"seconds": foreign.seconds, "share": foreign.share},
+            "disturbed": load_start[0] > DISTURBED_LOAD or foreign.share > FOREIGN_CPU_SHARE,
             "settle_seconds": waited,
             **measured,
         }
         write_json_atomic(run.path, record)
         written.append(run.path)
         best = max((v for _, v in record["points"]), default=None)
-        disturbed = f" (disturbed: load {load_start[0]} at start)" if record["disturbed"] else ""
+        disturbed = (
+            f" (disturbed: load {load_start[0]} at start, other programs took"
+            f" {foreign.share:.0%} of the CPU)"
+            if record["disturbed"]
+            else ""
+        )
         log(
             f"{where}: best {'none' if best is None else f'{best:.4f}'},"
             f" {record['trials_started']} trials started{disturbed}; record {run.path}"

@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -157,6 +158,44 @@ def worker_load_seconds(cwd: Path, study_name: str) -> list[float]:
 def load_average() -> list[float]:
     """The machine's 1-, 5- and 15-minute load averages."""
     return [round(v, 2) for v in os.getloadavg()]
+
+
+class ForeignCpu:
+    """CPU seconds the machine spent outside this process and its children during a run.
+
+    The machine's busy time (/proc/stat) minus this process tree's own CPU time (itself and
+    every child it waited for, which includes the workers a `search run` waited for). What
+    is left is what other programs took: a test suite or a build beside a benchmark shows
+    here even when the load average at the run's start was low.
+    """
+
+    def __enter__(self) -> ForeignCpu:
+        self._start = (_machine_busy_seconds(), _own_cpu_seconds(), time.monotonic())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, own, start = self._start
+        wall = time.monotonic() - start
+        foreign = (_machine_busy_seconds() - busy) - (_own_cpu_seconds() - own)
+        self.seconds = round(max(0.0, foreign), 1)
+        capacity = wall * (os.cpu_count() or 1)
+        # The share of the machine's capacity over the run that went to other programs.
+        self.share = round(self.seconds / capacity, 4) if capacity > 0 else 0.0
+
+
+def _machine_busy_seconds() -> float:
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    own = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        own += usage.ru_utime + usage.ru_stime
+    return own
 
 
 def wait_for_quiet(

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 from benchmarks.efficiency import (
     CONTESTANTS,
     DISTURBED_LOAD,
+    FOREIGN_CPU_SHARE,
     RECORDS_DIR,
     SCALES,
     Scale,
@@ -226,8 +227,9 @@ def _notes(records: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[s
     commands = sorted({r["command"] for r in records})
     notes = [
         f"Machine load (1-minute average) at the starts and ends of the runs: {min(loads):.2f}"
-        f" to {max(loads):.2f}; a run is marked disturbed when it was above {DISTURBED_LOAD}"
-        " at its start (the machine was not alone)"
+        f" to {max(loads):.2f}. A run is marked disturbed (the machine was not alone) when the"
+        f" load was above {DISTURBED_LOAD} at its start or, in records that measure it, other"
+        f" programs took more than {FOREIGN_CPU_SHARE:.0%} of the CPU time during it"
         + (f": {', '.join(disturbed)}." if disturbed else "; none was."),
         f"Commit{'s' * (len(commits) > 1)}: {', '.join(commits)}. Made by: "
         + "; ".join(f"`{c}`" for c in commands)

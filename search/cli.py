@@ -21,7 +21,14 @@ from search.config import ConfigError, StudyConfig, check_space_options, load_co
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, serve_dashboard
 from search.data import DataError, Dataset
 from search.export import ExportError, exported_params
-from search.storage import StorageError, open_storage, redact, storage_url
+from search.storage import (
+    GRACE_ENV,
+    HEARTBEAT_ENV,
+    StorageError,
+    open_storage,
+    redact,
+    storage_url,
+)
 from search.study import StudyError
 from spaces import SpaceError
 
@@ -48,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _set_log_level(args)
+    # Storage options in the environment, where open_storage and the workers find them.
+    for value, name in ((args.heartbeat_interval, HEARTBEAT_ENV), (args.grace_period, GRACE_ENV)):
+        if value:
+            os.environ[name] = str(value)
     if hasattr(args, "study"):
         _resolve_study_name(parser, args)
     try:
@@ -70,6 +81,20 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--storage",
         help="storage URL (default: $SEARCH_STORAGE, else sqlite:///runs/search.db)",
+    )
+    common.add_argument(
+        "--heartbeat-interval",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="seconds between a running trial's heartbeats (default: $SEARCH_HEARTBEAT_INTERVAL,"
+        " else 10); workers started by `run` inherit it",
+    )
+    common.add_argument(
+        "--grace-period",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="seconds without a heartbeat before a running trial counts as dead and is retried,"
+        " more than the interval (default: $SEARCH_GRACE_PERIOD, else 60)",
     )
     common.add_argument(
         "-v",
@@ -291,7 +316,7 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object, Dataset]:
     exported = exported_params(args.enqueue or [], config, space)
     # Loaded to validate it before the study exists.
     data = load_study_data(config.data, data_dir=args.data_dir)
-    storage = _open(args, config)
+    storage = _open(args)
     study, created = create_study(
         config, storage, dict(space.BASELINES), prior_centre=prior_centre
     )
@@ -311,14 +336,8 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object, Dataset]:
     return config, storage, data
 
 
-def _open(args: argparse.Namespace, config: StudyConfig | None = None):
-    kwargs = {}
-    if config is not None:
-        kwargs = {
-            "heartbeat_interval": config.trials.heartbeat_interval,
-            "grace_period": config.trials.grace_period,
-        }
-    return open_storage(args.storage, **kwargs)
+def _open(args: argparse.Namespace):
+    return open_storage(args.storage)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -363,8 +382,8 @@ def _worker(args: argparse.Namespace) -> int:
         name = config.name
     else:
         name = args.study_name
-        config = load_definition(name, _open(args))
-        storage = _open(args, config)
+        storage = _open(args)
+        config = load_definition(name, storage)
         data = None
     index = args.worker_index if args.worker_index is not None else _worker_seed_offset()
     try:
@@ -414,15 +433,11 @@ def _reap(args: argparse.Namespace) -> int:
     import optuna
 
     from search.storage import TRANSIENT_ERRORS, describe_error
-    from search.study import load_definition
 
     storage = _open(args)
     names = [args.study_name] if args.study_name else storage_study_names(storage)
-    # Each study's own grace period decides when its trials count as stale.
-    studies = [
-        optuna.load_study(study_name=name, storage=_open(args, load_definition(name, storage)))
-        for name in names
-    ]
+    # The grace period is this process's storage option: the one the workers run with.
+    studies = [optuna.load_study(study_name=name, storage=storage) for name in names]
     if args.every:
         print(
             f"reaping stale trials of {', '.join(names) or 'no study yet'}"

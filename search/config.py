@@ -54,8 +54,6 @@ class TrialsSection:
     # Configs with more parameters than this are pruned before they train.
     max_params: int | None = None
     enqueue_baselines: bool = False
-    heartbeat_interval: int = 10
-    grace_period: int = 60
 
 
 @dataclass(frozen=True)
@@ -157,8 +155,6 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "prior": (bool, None),
         "max_params": (int, _at_least(1)),
         "enqueue_baselines": (bool, None),
-        "heartbeat_interval": (int, _at_least(1)),
-        "grace_period": (int, _at_least(1)),
     },
 }
 _SECTIONS = {"study": StudySection, "data": DataSection, "trials": TrialsSection}
@@ -169,9 +165,21 @@ _SECTIONS = {"study": StudySection, "data": DataSection, "trials": TrialsSection
 LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"trials": {"prior": False, "min_epochs": 1}}
 
 
+# Keys that moved out of the study definition, and where to: how a worker runs is not part
+# of what the study is, so changing them never makes a study "changed".
+MOVED_KEYS: dict[tuple[str, str], str] = {
+    ("trials", "heartbeat_interval"): "the storage option --heartbeat-interval"
+    " (or SEARCH_HEARTBEAT_INTERVAL)",
+    ("trials", "grace_period"): "the storage option --grace-period (or SEARCH_GRACE_PERIOD)",
+}
+
+
 def with_legacy_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """A stored definition with the keys it predates filled in as it ran."""
+    """A stored definition with the keys it predates filled in as it ran, and moved keys gone."""
     filled = {section: dict(table) for section, table in stored.items()}
+    for section, key in MOVED_KEYS:
+        if isinstance(filled.get(section), dict):
+            filled[section].pop(key, None)
     for section, defaults in LEGACY_DEFAULTS.items():
         filled.setdefault(section, {})
         for key, value in defaults.items():
@@ -231,16 +239,17 @@ def from_dict(raw: dict[str, Any], *, source: str) -> StudyConfig:
     config = StudyConfig(**sections, space=dict(space_options), prior=dict(prior))
     if config.data.train_subset is not None and config.data.train_subset < 10:
         raise ConfigError(f"{source}: [data] train_subset is too small to stratify; use >= 10")
-    if config.trials.grace_period <= config.trials.heartbeat_interval:
-        raise ConfigError(
-            f"{source}: [trials] grace_period is {config.trials.grace_period}, but must be"
-            f" greater than heartbeat_interval ({config.trials.heartbeat_interval})"
-        )
     return config
 
 
 def _validate_table(source: str, section: str, table: dict[str, Any], cls: type) -> dict[str, Any]:
     schema = _SCHEMA[section]
+    for key in table:
+        if (section, key) in MOVED_KEYS:
+            raise ConfigError(
+                f"{source}: [{section}] {key} is no longer a study setting; use"
+                f" {MOVED_KEYS[section, key]}"
+            )
     unknown = sorted(set(table) - set(schema))
     if unknown:
         raise ConfigError(

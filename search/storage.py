@@ -27,6 +27,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 DEFAULT_STORAGE = "sqlite:///runs/search.db"
+DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_GRACE_PERIOD = 10, 60
+HEARTBEAT_ENV, GRACE_ENV = "SEARCH_HEARTBEAT_INTERVAL", "SEARCH_GRACE_PERIOD"
 MAX_RETRY = 1
 # What a storage raises while its database is unreachable for a moment (a restart, a network
 # blip): Optuna wraps most driver errors, but a failed connect can come through unwrapped.
@@ -68,10 +70,49 @@ def redact(url: str) -> str:
         return url
 
 
+def heartbeat_settings(
+    heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> tuple[int, int]:
+    """Seconds between heartbeats and before a silent trial is dead: given, else environment.
+
+    Storage options, not study settings: every process that opens the storage (workers,
+    the supervisor's reaper, `search reap`) should use the same, and changing them never
+    changes a study.
+    """
+    interval = heartbeat_interval or _env_seconds(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_INTERVAL)
+    grace = grace_period or _env_seconds(GRACE_ENV, DEFAULT_GRACE_PERIOD)
+    if grace <= interval:
+        raise StorageError(
+            f"the grace period ({grace} s) must be greater than the heartbeat interval"
+            f" ({interval} s): --grace-period/{GRACE_ENV}, --heartbeat-interval/{HEARTBEAT_ENV}"
+        )
+    return interval, grace
+
+
+def _env_seconds(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise StorageError(f"{name}={value!r}: must be a whole number of seconds >= 1")
+    return seconds
+
+
 def open_storage(
-    url: str | None = None, *, heartbeat_interval: int = 10, grace_period: int = 60
+    url: str | None = None,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> optuna.storages.RDBStorage:
-    """Open (creating tables if needed) the storage at `url`, with heartbeats and retries."""
+    """Open (creating tables if needed) the storage at `url`, with heartbeats and retries.
+
+    Heartbeat settings not given come from the environment (`heartbeat_settings`).
+    """
+    heartbeat_interval, grace_period = heartbeat_settings(heartbeat_interval, grace_period)
     url = storage_url(url)
     try:
         parsed = make_url(url)

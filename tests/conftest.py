@@ -25,6 +25,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
+# The storage's heartbeat settings in the tests' `search` processes (cli_env).
+TEST_HEARTBEAT_INTERVAL, TEST_GRACE_PERIOD = 1, 4
 
 # Seconds that the longest tests took in a run on 2 cores with 3 pytest-xdist workers. Under
 # pytest-xdist (pyproject.toml) they are handed out first, longest first, so that no worker
@@ -108,8 +110,6 @@ def study_toml(
     pruner: str = "median",
     prior: bool = True,
     enqueue_baselines: bool = False,
-    heartbeat_interval: int = 1,
-    grace_period: int = 4,
     prior_table: dict | None = None,
 ) -> str:
     """The text of a small study definition; keyword arguments set its keys."""
@@ -136,8 +136,6 @@ def study_toml(
         pruner = "{pruner}"
         prior = {str(prior).lower()}
         enqueue_baselines = {str(enqueue_baselines).lower()}
-        heartbeat_interval = {heartbeat_interval}
-        grace_period = {grace_period}
         """
     ) + (f"\n[prior]\n{table}" if table else "")
 
@@ -159,6 +157,9 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "SEARCH_STORAGE"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    # Fast heartbeats, so a killed worker's trial is retried within seconds.
+    env["SEARCH_HEARTBEAT_INTERVAL"] = str(TEST_HEARTBEAT_INTERVAL)
+    env["SEARCH_GRACE_PERIOD"] = str(TEST_GRACE_PERIOD)
     return env | extra
 
 

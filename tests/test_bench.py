@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -193,6 +197,37 @@ def test_a_run_stopped_in_the_middle_leaves_no_record(tmp_path):
             log=lambda _: None,
         )
     assert list((out / "efficiency" / "fashion_mnist").glob("*")) == []
+
+
+def test_a_run_beside_another_program_is_marked_disturbed(tmp_path):
+    """Another program's CPU use during a run marks it, even if the load was low at its start."""
+    out = tmp_path / "out"
+    burn = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
+    # Started before the run and not by it: what a test suite or a build beside it looks like.
+    others = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(os.cpu_count() or 1)]
+    calls: list = []
+    fake = fake_runner(calls)
+
+    def run_beside_them(run, study_file, log):
+        time.sleep(2.0)
+        return fake(run, study_file, log)
+
+    try:
+        run_all(
+            _runs(out, seeds=1)[:1],
+            workdir=tmp_path / "work",
+            command="test",
+            settle_seconds=0,
+            runner=run_beside_them,
+            log=lambda _: None,
+        )
+    finally:
+        for p in others:
+            p.kill()
+            p.wait()
+    record = json.loads((out / "efficiency" / "fashion_mnist" / "search-seed0.json").read_text())
+    assert record["disturbed"] is True
+    assert record["foreign_cpu"]["share"] > 0.5
 
 
 def test_the_hand_study_is_random_unpruned_and_without_prior(tmp_path):

@@ -32,7 +32,7 @@ def test_defaults_and_budget_override(write_study):
         (("n_trials = 8", "n_trials = true"), r"\[trials\] n_trials is True, but must be int"),
         (("validation_split = 0.2", "validation_split = 1.5"), "must be between 0 and 1"),
         (('metric = "val_accuracy"', 'metric = "f1"'), r"\[study\] metric is 'f1'"),
-        (("grace_period = 4", "grace_period = 1"), "grace_period is 1, but must be greater"),
+        (("[trials]", "[trials]\ngrace_period = 60"), "grace_period is no longer a study setting"),
         (("n_trials = 8\n", ""), r"\[trials\] n_trials is required"),
         (("[study]", "[study\n"), "not valid TOML"),
         (("prior = true", "prior = false\n[prior]\nn_blocks = 2"), r"\[prior\] table, but"),

@@ -254,7 +254,6 @@ def test_browser_watches_a_real_run_whose_workers_never_lock(tmp_path: Path, pag
         max_epochs=3,
         train_subset=1000,
         validation_subset=500,
-        grace_period=30,
     )
     with serve(tmp_path, str(path), "--storage", url) as dashboard:
         stop = threading.Event()
@@ -275,7 +274,9 @@ def test_browser_watches_a_real_run_whose_workers_never_lock(tmp_path: Path, pag
         expect(counter).to_have_text("0 Trials")
         # A reload would wipe this; it must survive until the end.
         page.evaluate("window.loadedOnce = true")
-        run = start_search("run", path, "--workers", "2", "--storage", url, cwd=tmp_path)
+        run = start_search(
+            "run", path, "--workers", "2", "--storage", url, "--grace-period", "30", cwd=tmp_path
+        )
         try:
             expect(counter).not_to_have_text("0 Trials", timeout=120_000)
             page.screenshot(path=SCREENSHOTS / "live-first-trials.png", full_page=True)

@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import cli_env, run_search, search_cmd, start_search
+from conftest import TEST_GRACE_PERIOD, cli_env, run_search, search_cmd, start_search
 from optuna.trial import TrialState
 from pgserver import PostgresServer
 
@@ -19,7 +19,7 @@ from search.storage import open_storage
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-GRACE, REAP_EVERY = 5, 2
+GRACE, REAP_EVERY = TEST_GRACE_PERIOD, 2
 # The budget: enough trials that workers run before, during and after the kills and the restart.
 N_TRIALS = 12
 # Seconds the study may take; it takes about 60 on 2 cores.
@@ -101,8 +101,6 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
             train_subset=1000,
             validation_subset=500,
             pruner="median",
-            heartbeat_interval=1,
-            grace_period=GRACE,
         )
         created = run_search("create", study, "--storage", pg.url, cwd=tmp_path)
         assert created.returncode == 0, created.stderr
@@ -182,7 +180,7 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
 def test_heartbeats_and_the_reaper_outlive_a_database_outage(tmp_path, write_study, capfd):
     """A database gone for a moment costs no running trial, and the reaper keeps reaping."""
     with PostgresServer() as pg:
-        study_file = write_study(heartbeat_interval=1, grace_period=GRACE)
+        study_file = write_study()
         assert run_search("create", study_file, "--storage", pg.url, cwd=tmp_path).returncode == 0
         storage = open_storage(pg.url, heartbeat_interval=1, grace_period=GRACE)
         study = optuna.load_study(study_name="t", storage=storage)

@@ -199,6 +199,22 @@ def test_a_study_stored_before_priors_resumes_as_it_ran():
     assert isinstance(make_sampler(config, worker_index=0), optuna.samplers.TPESampler)
 
 
+def test_a_study_stored_with_heartbeat_settings_loads_and_resumes():
+    # Definitions stored when heartbeats were study settings carry them; they are storage
+    # options now, and such a study resumes from a study file without them.
+    from search.study import DEFINITION_ATTR, load_definition
+
+    storage = optuna.storages.InMemoryStorage()
+    config = _config(prior=False)
+    study, _ = create_study(config, storage, {})
+    stored = config.to_dict()
+    stored["trials"] |= {"heartbeat_interval": 10, "grace_period": 60}
+    study.set_user_attr(DEFINITION_ATTR, stored)
+    assert load_definition(config.name, storage) == config
+    _, created = create_study(config, storage, {})
+    assert created is False
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
