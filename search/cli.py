@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("study_file", metavar="STUDY.toml")
     _budget_flags(p)
     _enqueue_flag(p)
-    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+    _data_dir_flag(p)
 
     p = command("status", _status, "List the studies, or one study's trials and best trial.")
     _study_name_args(p, required=False)
@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         help="re-evaluation trainings at once, each in its own process (default: this"
         " machine's cores divided by the threads)",
     )
-    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+    _data_dir_flag(p)
 
     p = command(
         "retrain", _retrain, "Retrain an exported trial, then evaluate it once on the test set."
@@ -206,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=_positive_int, help="TensorFlow threads (default: the trial's)"
     )
-    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+    _data_dir_flag(p)
 
     p = command("report", _report, "Write a study's HTML report, with its retrained configs.")
     _study_name_args(p, required=True)
@@ -219,7 +219,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a retrain's report.json, or a directory searched for them; repeatable"
         " (default: runs/STUDY_NAME)",
     )
-    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+    _data_dir_flag(p)
     return parser
 
 
@@ -266,7 +266,7 @@ def _enqueue_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _worker_flags(p: argparse.ArgumentParser, *, recycle_default: int | None = None) -> None:
-    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+    _data_dir_flag(p)
     p.add_argument(
         "--threads",
         type=_positive_int,
@@ -334,6 +334,10 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object, Dataset]:
             + (f" ({skipped} with params already in the study)" if skipped else "")
         )
     return config, storage, data
+
+
+def _data_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
 
 
 def _open(args: argparse.Namespace):
@@ -430,14 +434,14 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _reap(args: argparse.Namespace) -> int:
     import time
 
-    import optuna
-
+    from search.failures import reap
     from search.storage import TRANSIENT_ERRORS, describe_error
+    from search.study import open_study, study_names
 
     storage = _open(args)
-    names = [args.study_name] if args.study_name else storage_study_names(storage)
+    names = [args.study_name] if args.study_name else study_names(storage)
     # The grace period is this process's storage option: the one the workers run with.
-    studies = [optuna.load_study(study_name=name, storage=storage) for name in names]
+    studies = [open_study(name, storage) for name in names]
     if args.every:
         print(
             f"reaping stale trials of {', '.join(names) or 'no study yet'}"
@@ -448,7 +452,7 @@ def _reap(args: argparse.Namespace) -> int:
         for study in studies:
             try:
                 before = len(study.get_trials(deepcopy=False))
-                optuna.storages.fail_stale_trials(study)
+                reap(study)
                 retried = [t.number for t in study.get_trials(deepcopy=False)[before:]]
             except TRANSIENT_ERRORS as e:
                 if not args.every:
@@ -543,11 +547,6 @@ def _report(args: argparse.Namespace) -> int:
     )
     print(f"report: {path.resolve().as_uri()}")
     return 0
-
-
-def storage_study_names(storage) -> list[str]:
-    """Names of all studies in a storage."""
-    return [s.study_name for s in storage.get_all_studies()]
 
 
 def _print_best(study_name: str, storage) -> None:

@@ -21,8 +21,10 @@ import optuna
 from optuna.trial import TrialState
 
 from search import __version__
+from search.budget import progress
 from search.config import ConfigError, StudyConfig, from_dict
-from search.study import load_definition, progress
+from search.ranking import ranked_trials
+from search.study import load_definition
 from spaces import SpaceError, load_space
 
 FORMAT = "search-export/1"
@@ -86,7 +88,7 @@ def export_best(
     if not complete:
         line = progress(study).line(definition.trials.n_trials, definition.study.metric)
         raise ExportError(f"study {study_name!r} has no completed trial to export ({line})")
-    ranked = sorted(complete, key=lambda t: t.value, reverse=definition.direction == "maximize")
+    ranked = ranked_trials(complete, definition.direction)
     space = load_space(definition.study.space)
     return {
         "format": FORMAT,

@@ -21,10 +21,12 @@ import keras
 import optuna
 import tensorflow as tf
 
+from search.budget import BudgetClaimed, check_claim
 from search.config import StudyConfig
 from search.data import Dataset
+from search.failures import FAIL_REASON_ATTR, fail
 from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
-from search.study import claimed_numbers
+from search.ranking import best_value
 from search.training import fit
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -33,10 +35,6 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # Set by a worker's SIGINT/SIGTERM handler. Trials stop at the next batch boundary: an
 # exception thrown asynchronously into TensorFlow can corrupt its state instead.
 STOP = threading.Event()
-
-
-class BudgetClaimed(Exception):
-    """Raised when other workers already claimed every trial of the budget."""
 
 
 class Interrupted(Exception):
@@ -104,22 +102,22 @@ class Objective:
         self.space = space
         self.data = data
         self.metric = config.study.metric
-        self.last_trial_id: int | None = None
+        self.last_trial: int | None = None  # the number of the trial started last
 
     def __call__(self, trial: optuna.Trial) -> float:
         # Free the previous trial's graph and layers before building the next model.
         keras.backend.clear_session()
         gc.collect()
-        self.last_trial_id = trial._trial_id
+        self.last_trial = trial.number
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         _record_origin(trial)
         try:
-            _check_budget(trial, self.config.trials.n_trials)
+            check_claim(trial, self.config.trials.n_trials)
             return self._train(trial)
         except BudgetClaimed as e:
-            return _fail(trial, str(e))
+            return fail(trial, str(e))
         except Exception as e:
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+            trial.set_user_attr(FAIL_REASON_ATTR, f"{type(e).__name__}: {e}"[:500])
             raise
 
     def _train(self, trial: optuna.Trial) -> float:
@@ -138,7 +136,7 @@ class Objective:
         try:
             model = self.space.build(config, self.data.input_shape, self.data.num_classes)
         except ValueError as e:
-            return _fail(trial, f"the space cannot build this config: {e}")
+            return fail(trial, f"the space cannot build this config: {e}")
         n_params = model.count_params()
         trial.set_user_attr("n_params", n_params)
         max_params = self.config.trials.max_params
@@ -161,9 +159,9 @@ class Objective:
         if STOP.is_set():
             raise Interrupted(f"the worker was stopped at epoch {len(reporter.history['loss'])}")
         if reporter.diverged:
-            return _fail(trial, reporter.diverged)
+            return fail(trial, reporter.diverged)
         values = reporter.history[self.metric]
-        return max(values) if self.config.direction == "maximize" else min(values)
+        return best_value(values, self.config.direction)
 
 
 def _record_origin(trial: optuna.Trial) -> None:
@@ -177,8 +175,7 @@ def _record_origin(trial: optuna.Trial) -> None:
 
 def best_epoch(values: list[float], direction: str) -> int:
     """The 1-based epoch of the best value."""
-    pick = max if direction == "maximize" else min
-    return values.index(pick(values)) + 1
+    return values.index(best_value(values, direction)) + 1
 
 
 def _record_run(trial: optuna.Trial, reporter: PruningReporter, seconds: float, direction: str):
@@ -200,22 +197,3 @@ def resident_mb() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _fail(trial: optuna.Trial, reason: str) -> float:
-    """End the trial as FAIL with its reason recorded (Optuna fails a NaN result)."""
-    trial.set_user_attr("fail_reason", reason)
-    return math.nan
-
-
-def _check_budget(trial: optuna.Trial, n_trials: int) -> None:
-    """Let a trial run only if fewer than `n_trials` trials before it hold a place.
-
-    Workers check the budget before asking for a trial, but two may ask at once; the trial
-    numbers decide which of them runs, so finished trials match the budget exactly.
-    """
-    claimed = claimed_numbers(trial.study.get_trials(deepcopy=False))
-    if sum(number < trial.number for number in claimed) >= n_trials:
-        raise BudgetClaimed(
-            f"not run: the {n_trials} trials of the budget were claimed by other workers"
-        )

@@ -25,10 +25,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
+from search.budget import progress
 from search.config import StudyConfig
 from search.data import Dataset, load_study_data
+from search.ranking import ranked_trials
 from search.status import describe_best, trial_note
-from search.study import StudyError, load_definition, progress
+from search.study import StudyError, load_definition
 
 # The notebook compared its top 5 models' validation curves on one plot.
 N_TOP = 5
@@ -180,12 +182,7 @@ def _data_section(data: Dataset, reports: list[dict[str, Any]]) -> str:
 def _trials_section(
     trials: list[FrozenTrial], definition: StudyConfig, reports: list[dict[str, Any]]
 ) -> str:
-    maximize = definition.direction == "maximize"
-    complete = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE),
-        key=lambda t: t.value,
-        reverse=maximize,
-    )
+    complete = ranked_trials(trials, definition.direction)
     rank = {t.number: i for i, t in enumerate(complete, start=1)}
     # Newest retrain of each trial; test ranks among them.
     tested = {r["trial"]: r for r in reports}
@@ -389,8 +386,7 @@ def _plot_examples(data: Dataset) -> Figure:
 
 
 def _plot_top_curves(trials: list[FrozenTrial], definition: StudyConfig) -> Figure:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    top = sorted(complete, key=lambda t: t.value, reverse=definition.direction == "maximize")
+    top = ranked_trials(trials, definition.direction)
     fig = Figure(figsize=(11, 4), layout="constrained")
     for ax, key in zip(fig.subplots(1, 2), ("val_accuracy", "val_loss"), strict=True):
         for t in top[:N_TOP]:

@@ -29,6 +29,7 @@ from matplotlib.ticker import MaxNLocator
 from search.config import DataSection
 from search.data import Dataset, Split, load_study_data, load_test
 from search.export import Export, ExportError, versions
+from search.ranking import best_first
 from search.training import fit, learning_rate_callbacks
 
 # Images per batch when evaluating: large batches are faster and change no result.
@@ -207,8 +208,9 @@ def reevaluate(
             f" ± {reevaluation['std']:.4f} over {n_seeds} seeds"
         )
         reevaluated.append({**entry, "reevaluation": reevaluation})
-    maximize = export.definition.direction == "maximize"
-    ranked = sorted(reevaluated, key=lambda e: e["reevaluation"]["mean"], reverse=maximize)
+    ranked = best_first(
+        reevaluated, export.definition.direction, key=lambda e: e["reevaluation"]["mean"]
+    )
     trials = [{**entry, "rank": rank} for rank, entry in enumerate(ranked, start=1)]
     return {**export.bundle, "trials": trials}
 

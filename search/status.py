@@ -8,7 +8,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study import StudyError, progress
+from search.budget import progress
+from search.study import open_study, study_names
 
 # The trial attributes `search status --format json` gives besides Optuna's own fields.
 JSON_ATTRS = (
@@ -41,15 +42,15 @@ def print_status(
         print(json.dumps(status_json(storage, study_name), indent=2))
         return
     if study_name is None:
-        studies = optuna.get_all_study_summaries(storage, include_best_trial=False)
-        if not studies:
+        names = study_names(storage)
+        if not names:
             print("no studies in this storage")
-        for summary in studies:
-            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for name in names:
+            study = open_study(name, storage)
             definition = study.user_attrs.get("definition", {})
             n_trials = definition.get("trials", {}).get("n_trials", "?")
             metric = definition.get("study", {}).get("metric", "value")
-            print(f"{summary.study_name}: {progress(study).line(n_trials, metric)}")
+            print(f"{name}: {progress(study).line(n_trials, metric)}")
         return
     study = _load(study_name, storage)
     print(
@@ -71,10 +72,7 @@ def status_json(
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """The storage's studies with their counts, or one study with its trials, as plain data."""
     if study_name is None:
-        return [
-            _study_json(optuna.load_study(study_name=s.study_name, storage=storage))
-            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-        ]
+        return [_study_json(open_study(name, storage)) for name in study_names(storage)]
     study = _load(study_name, storage)
     return _study_json(study) | {"trials": [_trial_json(t) for t in study.get_trials()]}
 
@@ -130,13 +128,7 @@ def describe_best(study_name: str, storage: optuna.storages.BaseStorage) -> str:
 
 
 def _load(study_name: str, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    try:
-        return optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise StudyError(
-            f"no study named {study_name!r} in this storage; studies: {names or 'none'}"
-        ) from None
+    return open_study(study_name, storage)
 
 
 def trial_note(t: FrozenTrial) -> str:

@@ -26,10 +26,11 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from search.failures import retry_callback
+
 DEFAULT_STORAGE = "sqlite:///runs/search.db"
 DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_GRACE_PERIOD = 10, 60
 HEARTBEAT_ENV, GRACE_ENV = "SEARCH_HEARTBEAT_INTERVAL", "SEARCH_GRACE_PERIOD"
-MAX_RETRY = 1
 # What a storage raises while its database is unreachable for a moment (a restart, a network
 # blip): Optuna wraps most driver errors, but a failed connect can come through unwrapped.
 TRANSIENT_ERRORS = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
@@ -143,9 +144,7 @@ def open_storage(
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY
-                ),
+                heartbeat_stale_trial_callback=retry_callback(),
             )
         except ImportError as e:
             raise StorageError(f"storage URL {redact(url)}: driver missing ({e})") from None

@@ -7,16 +7,13 @@ and the dashboard alone tells what a study is.
 
 from __future__ import annotations
 
-import datetime
 import time
 import warnings
-from collections import Counter
-from dataclasses import dataclass
 
 import optuna
-from optuna.trial import TrialState
 
 from search import __version__
+from search.budget import BUDGET_KEYS
 from search.config import ConfigError, StudyConfig, from_dict, with_legacy_defaults
 from search.prior import (
     BASELINE,
@@ -29,8 +26,6 @@ from search.prior import (
 )
 
 DEFINITION_ATTR = "definition"
-# Budget keys may change between runs of one study; anything else makes it another study.
-BUDGET_KEYS = ("n_trials", "timeout_minutes")
 
 
 class StudyError(ValueError):
@@ -159,19 +154,33 @@ def enqueue_exported(study: optuna.Study, params_by_source: dict[str, dict]) -> 
     return len(study.get_trials(deepcopy=False)) - before
 
 
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    """The names of a storage's studies, oldest first."""
+    return optuna.get_all_study_names(storage)
+
+
+def open_study(study_name: str, storage: optuna.storages.BaseStorage, **kwargs) -> optuna.Study:
+    """Load a study by name (keyword arguments go to `optuna.load_study`).
+
+    Raises:
+        StudyError: no such study; the message lists the storage's studies.
+    """
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage, **kwargs)
+    except KeyError:
+        names = study_names(storage)
+        raise StudyError(
+            f"no study named {study_name!r} in this storage; studies: {names or 'none'}"
+        ) from None
+
+
 def load_definition(
     study_name: str, storage: optuna.storages.BaseStorage, *, wait_seconds: float = 30
 ) -> StudyConfig:
     """The definition a study was created with, waiting briefly for one being created."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        try:
-            study = optuna.load_study(study_name=study_name, storage=storage)
-        except KeyError:
-            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-            raise StudyError(
-                f"no study named {study_name!r} in this storage; studies: {names or 'none'}"
-            ) from None
+        study = open_study(study_name, storage)
         definition = study.user_attrs.get(DEFINITION_ATTR)
         if definition is not None:
             try:
@@ -186,71 +195,6 @@ def load_definition(
                 " `search create` or `search run`"
             )
         time.sleep(1)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A study's trials counted by state, and its best trial so far."""
-
-    counts: Counter
-    best: optuna.trial.FrozenTrial | None
-    n_claimed: int
-
-    @property
-    def finished(self) -> int:
-        """Trials that count toward the budget."""
-        return self.counts[TrialState.COMPLETE] + self.counts[TrialState.PRUNED]
-
-    def line(self, n_trials: int, metric: str) -> str:
-        c = self.counts
-        text = (
-            f"{self.finished}/{n_trials} trials done ({c[TrialState.COMPLETE]} complete,"
-            f" {c[TrialState.PRUNED]} pruned, {c[TrialState.FAIL]} failed),"
-            f" {c[TrialState.RUNNING]} running"
-        )
-        if self.best is not None:
-            text += f" | best {metric} {self.best.value:.4f} (trial {self.best.number}"
-            baseline = self.best.user_attrs.get("baseline")
-            text += f", {baseline})" if baseline else ")"
-        return text
-
-
-# Seconds a dead worker's failed trial keeps its place in the budget while its retry is
-# being queued (Optuna fails the trial first, then queues the retry).
-RETRY_PENDING_SECONDS = 60
-
-
-def claimed_numbers(trials: list[optuna.trial.FrozenTrial]) -> list[int]:
-    """Numbers of the trials that hold a place in the budget.
-
-    Finished, running and waiting trials do, and so does a trial just failed because its
-    worker died, until its retry is queued: else a worker could start a new trial in that
-    moment and leave the retry no place.
-    """
-    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
-    now = datetime.datetime.now()
-    claimed = []
-    for t in trials:
-        pending_retry = (
-            t.state == TrialState.FAIL
-            and "fail_reason" not in t.user_attrs
-            and "failed_trial" not in t.system_attrs
-            and t.number not in retried
-            and t.datetime_complete is not None
-            and (now - t.datetime_complete).total_seconds() < RETRY_PENDING_SECONDS
-        )
-        if t.state != TrialState.FAIL or pending_retry:
-            claimed.append(t.number)
-    return claimed
-
-
-def progress(study: optuna.Study) -> Progress:
-    """Count a study's trials by state and find its best trial."""
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-    best = pick(complete, key=lambda t: t.value) if complete else None
-    return Progress(Counter(t.state for t in trials), best, len(claimed_numbers(trials)))
 
 
 def _check_same_study(study: optuna.Study, config: StudyConfig) -> None:

@@ -14,16 +14,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
+from search.budget import progress
 from search.config import StudyConfig
 from search.data import Dataset
+from search.failures import check_failures, reap, requeue, requeued_since
 from search.storage import TRANSIENT_ERRORS, describe_error
-from search.study import load_definition, make_pruner, make_sampler, progress
+from search.study import load_definition, make_pruner, make_sampler
 
 # Seconds between a supervisor's looks at the study (progress, reaping stale trials).
 POLL_SECONDS = 5.0
@@ -35,10 +36,6 @@ EXIT_CONFIG_ERROR = 2
 # at its next batch and is queued again, and the worker tells a timeout (a normal end, exit 0)
 # from a signal.
 TIME_UP = threading.Event()
-
-
-class WorkerError(RuntimeError):
-    """A worker that should stop with an error the user must look at."""
 
 
 def configure_threads(n_threads: int) -> None:
@@ -103,23 +100,19 @@ def run_worker(
         n_run = 0
         while (max_trials is None or n_run < max_trials) and not STOP.is_set():
             state = progress(study)
-            if state.finished >= config.trials.n_trials:
+            if state.spent(config.trials.n_trials):
                 break
-            if state.counts[TrialState.FAIL] > max(10, config.trials.n_trials):
-                raise WorkerError(
-                    f"study {study_name!r} has {state.counts[TrialState.FAIL]} failed trials,"
-                    " more than its budget: see the trials' fail_reason (search status)"
-                )
-            if state.counts[TrialState.WAITING] == 0 and state.n_claimed >= config.trials.n_trials:
+            check_failures(study_name, state.counts[TrialState.FAIL], config.trials.n_trials)
+            if state.all_claimed(config.trials.n_trials):
                 # Every remaining trial is running elsewhere: wait, and fail those whose
                 # worker died so their retries come back as WAITING trials for us.
-                optuna.storages.fail_stale_trials(study)
+                reap(study)
                 time.sleep(TAIL_WAIT_SECONDS)
                 continue
             try:
                 study.optimize(objective, n_trials=1)
             except Interrupted:
-                _retry_interrupted(study, objective)
+                requeue(study, objective.last_trial)
                 # The supervisor's SIGTERM at the deadline may come before this timer fires.
                 if deadline is not None and time.time() >= deadline:
                     TIME_UP.set()
@@ -152,12 +145,6 @@ def _start_timer(deadline: float) -> threading.Timer:
     timer.daemon = True
     timer.start()
     return timer
-
-
-def _retry_interrupted(study: optuna.Study, objective) -> None:
-    """Queue the interrupted trial again with the same params, so stopping loses nothing."""
-    frozen = study._storage.get_trial(objective.last_trial_id)
-    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, frozen)
 
 
 def supervise(
@@ -205,7 +192,7 @@ def supervise(
     try:
         while procs:
             try:
-                optuna.storages.fail_stale_trials(study)
+                reap(study)
                 state = progress(study)
             except TRANSIENT_ERRORS as e:
                 # The workers wait for the database themselves (or exit and are restarted);
@@ -223,10 +210,10 @@ def supervise(
                 out(f"time limit of {timeout:g} minutes reached; stopping workers...")
                 _stop(procs.values())
                 procs.clear()
-                requeued = _requeued_since(study, deadline)
+                requeued = requeued_since(study, deadline)
                 out(f"{requeued} running trial{'s' * (requeued != 1)} stopped and queued again")
                 break
-            spent = state is not None and state.finished >= n_trials
+            spent = state is not None and state.spent(n_trials)
             for i, proc in list(procs.items()):
                 code = proc.poll()
                 if code is None:
@@ -262,24 +249,6 @@ def supervise(
     state = progress(study)
     out(f"[{time.strftime('%H:%M:%S')}] {state.line(n_trials, config.study.metric)}")
     return 1 if gave_up and state.finished < n_trials else 0
-
-
-def _requeued_since(study: optuna.Study, deadline: float) -> int:
-    """How many trials interrupted at or after `deadline` (a Unix time) wait to run again."""
-    # Optuna stamps trials with the local time of the worker's machine, as datetime.now().
-    since = datetime.fromtimestamp(deadline)
-    trials = study.get_trials(deepcopy=False)
-    stopped = {
-        t.number
-        for t in trials
-        if t.state == TrialState.FAIL
-        and t.datetime_complete is not None
-        and t.datetime_complete >= since
-        and t.user_attrs.get("fail_reason", "").startswith("Interrupted")
-    }
-    # A retry's history ends with the trial it repeats (failed_trial is the first of them).
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
-    return sum(t.system_attrs.get("retry_history", [None])[-1] in stopped for t in waiting)
 
 
 class Terminated(Exception):

@@ -80,14 +80,14 @@ def test_two_workers_run_a_pruned_study_to_its_budget(tmp_path, write_study):
 
 def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    study = write_study(n_trials=8, max_epochs=6, train_subset=6000, pruner="none")
+    study = write_study(n_trials=5, max_epochs=6, train_subset=3000, pruner="none")
     proc = start_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
     victim = _wait_for_trial_mid_training(storage, proc)
     os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     trials = _trials(storage)
-    _assert_budget_exact(trials, 8)
+    _assert_budget_exact(trials, 5)
     killed = trials[victim.number]
     assert killed.state == TrialState.FAIL
     # Retried exactly once, with the same parameters, and the retry finished.
@@ -100,7 +100,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path,
 
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    study = write_study(n_trials=6, max_epochs=6, train_subset=6000, pruner="none")
+    study = write_study(n_trials=4, max_epochs=6, train_subset=3000, pruner="none")
     proc = start_search(
         "run", study, "--workers", "2", "--storage", storage, cwd=tmp_path, start_new_session=True
     )
@@ -121,7 +121,7 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming study 't'" in result.stdout
     trials = _trials(storage)
-    _assert_budget_exact(trials, 6)
+    _assert_budget_exact(trials, 4)
     assert trials[queued[0].number].state in DONE
     assert trials[queued[0].number].params == victim.params
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import study_toml
 from optuna.trial import TrialState
 
+from search.budget import progress
 from search.config import from_dict, with_legacy_defaults
 from search.prior import (
     MUTATION,
@@ -19,7 +20,7 @@ from search.prior import (
     best_so_far,
     resolve_prior,
 )
-from search.study import create_study, make_pruner, make_sampler, progress, study_prior
+from search.study import create_study, make_pruner, make_sampler, study_prior
 from spaces import conv
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from search.storage import open_storage
 
-GRACE = 1
+GRACE = 2
 ROOT = Path(__file__).resolve().parents[1]
 
 

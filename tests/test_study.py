@@ -7,7 +7,7 @@ import datetime
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from search.study import RETRY_PENDING_SECONDS, claimed_numbers
+from search.budget import RETRY_PENDING_SECONDS, claimed_numbers
 
 
 def _trial(number: int, state: TrialState, *, reason=None, retry_of=None, ended_ago=1.0):
