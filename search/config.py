@@ -6,6 +6,7 @@ rule, and is raised before anything touches a storage.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -15,6 +16,9 @@ from typing import Any
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "successive_halving", "median", "none")
+COLOR_MODES = ("grayscale", "rgb")
+# Keys of [data] that only an image-folder dataset (dir:PATH) takes, and must take.
+FOLDER_KEYS = ("image_size", "color_mode")
 
 
 class ConfigError(ValueError):
@@ -36,6 +40,9 @@ class DataSection:
     split_seed: int = 0
     train_subset: int | None = None
     validation_subset: int | None = None
+    # dir:PATH only: every image is resized to (height, width) and converted to this mode.
+    image_size: tuple[int, int] | None = None
+    color_mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,11 @@ class StudyConfig:
         return METRICS[self.study.metric]
 
     def to_dict(self) -> dict[str, Any]:
-        """The definition as plain data (what the study records in its attributes)."""
-        return asdict(self)
+        """The definition as plain JSON data (what the study records in its attributes).
+
+        JSON has no tuples: `image_size` is a list here, as a storage gives it back.
+        """
+        return json.loads(json.dumps(asdict(self)))
 
     def with_budget(
         self, *, n_trials: int | None = None, timeout_minutes: float | None = None
@@ -130,6 +140,11 @@ def _at_least(n: int):
     return lambda v: None if v >= n else f"must be >= {n}"
 
 
+def _image_size(v: list) -> str | None:
+    ok = len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in v)
+    return None if ok else "must be [height, width], two integers >= 1"
+
+
 # section -> key -> (type, rule); types say what TOML value is accepted.
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "study": {
@@ -144,6 +159,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "split_seed": (int, _at_least(0)),
         "train_subset": (int, _at_least(1)),
         "validation_subset": (int, _at_least(1)),
+        "image_size": (list, _image_size),
+        "color_mode": (str, _one_of(*COLOR_MODES)),
     },
     "trials": {
         "n_trials": (int, _at_least(1)),
@@ -239,7 +256,22 @@ def from_dict(raw: dict[str, Any], *, source: str) -> StudyConfig:
     config = StudyConfig(**sections, space=dict(space_options), prior=dict(prior))
     if config.data.train_subset is not None and config.data.train_subset < 10:
         raise ConfigError(f"{source}: [data] train_subset is too small to stratify; use >= 10")
+    _check_folder_keys(config.data, source)
     return config
+
+
+def _check_folder_keys(data: DataSection, source: str) -> None:
+    """image_size and color_mode: required for a dir:PATH dataset, refused for any other."""
+    folder = data.dataset.startswith("dir:")
+    for key in FOLDER_KEYS:
+        given = getattr(data, key) is not None
+        if folder and not given:
+            raise ConfigError(f"{source}: [data] {key} is required for a dir:PATH dataset")
+        if given and not folder:
+            raise ConfigError(
+                f"{source}: [data] {key} is only for dir:PATH datasets; {data.dataset!r}"
+                " images keep their own size and channels"
+            )
 
 
 def _validate_table(source: str, section: str, table: dict[str, Any], cls: type) -> dict[str, Any]:
@@ -275,5 +307,6 @@ def _validate_table(source: str, section: str, table: dict[str, Any], cls: type)
         problem = rule(value) if rule else None
         if problem:
             raise ConfigError(f"{source}: [{section}] {key} is {value!r}, but {problem}")
-        values[key] = value
+        # Arrays (image_size) are kept as tuples: a section stays hashable.
+        values[key] = tuple(value) if isinstance(value, list) else value
     return values
