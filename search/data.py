@@ -1,8 +1,10 @@
-"""Datasets: Fashion-MNIST from its IDX files or a user's .npz, split and validated once.
+"""Datasets: Fashion-MNIST from its IDX files, a user's .npz or image folders, split once.
 
-Images stay compact (uint8 where they came as uint8) and on a 0..255 scale; models scale
-them with their own Rescaling layer. The search reads only the training images: the test
-set is loaded by `load_test`, which only the final evaluation calls.
+Fashion-MNIST and .npz images are held in memory as arrays (`Split`), compact (uint8 where
+they came as uint8) and on a 0..255 scale; models scale them with their own Rescaling layer.
+Image folders (`dir:PATH`, `search.folders`) are file lists (`FileSplit`) decoded as they
+are read. The search reads only the training images: the test set is loaded by
+`load_test` / `load_study_test`, which only the final evaluation calls.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from search.config import DataSection
+    from search.folders import FileSplit
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -38,6 +41,10 @@ FASHION_MNIST_FILES = {
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 KERAS_DATA_DIR = Path("~/.keras/datasets/fashion-mnist").expanduser()
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+# Where a worker keeps decoded folder images between epochs: a run setting (`--cache`, else
+# SEARCH_CACHE), never part of a study. Results do not depend on it.
+CACHE_MODES = ("none", "memory", "disk")
+CACHE_ENV = "SEARCH_CACHE"
 
 
 class DataError(ValueError):
@@ -54,19 +61,27 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def example(self, label: int) -> np.ndarray:
+        """The first image of a class (H, W, C), on a 0..255 scale."""
+        return self.x[np.flatnonzero(self.y == label)[0]]
+
 
 @dataclass(frozen=True)
 class Dataset:
     """The training and validation splits a search sees, and what the models need to know."""
 
     name: str
-    train: Split
-    val: Split
+    train: Split | FileSplit
+    val: Split | FileSplit
     class_names: tuple[str, ...]
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+        return self.train.image_shape
 
     @property
     def num_classes(self) -> int:
@@ -81,27 +96,53 @@ def load_dataset(
     train_subset: int | None = None,
     validation_subset: int | None = None,
     data_dir: str | Path | None = None,
+    image_size: tuple[int, int] | None = None,
+    color_mode: str | None = None,
+    cache: str = "none",
+    check: bool = False,
 ) -> Dataset:
     """Load a dataset's training images and split them into train and validation.
 
     Args:
-        dataset: "fashion_mnist" or "npz:PATH".
+        dataset: "fashion_mnist", "npz:PATH" or "dir:PATH".
         validation_split: fraction of the training images held out, per class.
         split_seed: seed of the stratified split (and of the subsets).
         train_subset: keep only this many training images (stratified), for fast studies.
         validation_subset: keep only this many validation images (stratified).
-        data_dir: directory with the Fashion-MNIST IDX files; default: `SEARCH_DATA_DIR`,
-            then the Debian package's directory, then Keras' cache, then a download.
+        data_dir: directory with the Fashion-MNIST IDX files, and the root of a relative
+            dir:PATH; default: `SEARCH_DATA_DIR`, then (Fashion-MNIST) the Debian package's
+            directory, then Keras' cache, then a download.
+        image_size, color_mode: dir:PATH only; what every image becomes.
+        cache: dir:PATH only; where decoded images are kept between epochs.
+        check: dir:PATH only; decode every image once now (train, validation and test), so
+            a broken file is named before anything is written.
     """
+    if dataset.startswith("dir:"):
+        from search.folders import load_folder
+
+        data, _ = load_folder(
+            dataset,
+            validation_split=validation_split,
+            split_seed=split_seed,
+            train_subset=train_subset,
+            validation_subset=validation_subset,
+            data_dir=data_dir,
+            image_size=image_size,
+            color_mode=color_mode,
+            cache=cache,
+            check=check,
+        )
+        return data
     x, y, class_names = _load(dataset, "train", data_dir)
     train_idx, val_idx = stratified_split(y, validation_split, seed=split_seed)
-    rng = np.random.default_rng(split_seed + 1)
-    if train_subset is not None:
-        train_idx = train_idx[_stratified_take(y[train_idx], train_subset, rng, "train_subset")]
-    if validation_subset is not None:
-        val_idx = val_idx[
-            _stratified_take(y[val_idx], validation_subset, rng, "validation_subset")
-        ]
+    train_idx, val_idx = take_subsets(
+        y,
+        train_idx,
+        val_idx,
+        split_seed=split_seed,
+        train_subset=train_subset,
+        validation_subset=validation_subset,
+    )
     return Dataset(
         name=dataset,
         train=Split(x[train_idx], y[train_idx]),
@@ -110,7 +151,13 @@ def load_dataset(
     )
 
 
-def load_study_data(section: DataSection, *, data_dir: str | Path | None = None) -> Dataset:
+def load_study_data(
+    section: DataSection,
+    *,
+    data_dir: str | Path | None = None,
+    cache: str = "none",
+    check: bool = False,
+) -> Dataset:
     """Load the train/validation split a study's [data] section describes."""
     return load_dataset(
         section.dataset,
@@ -119,13 +166,47 @@ def load_study_data(section: DataSection, *, data_dir: str | Path | None = None)
         train_subset=section.train_subset,
         validation_subset=section.validation_subset,
         data_dir=data_dir,
+        image_size=section.image_size,
+        color_mode=section.color_mode,
+        cache=cache,
+        check=check,
     )
 
 
+def load_study_test(
+    section: DataSection, *, data_dir: str | Path | None = None
+) -> Split | FileSplit:
+    """The test split of a study's dataset: only for the one final evaluation."""
+    if not section.dataset.startswith("dir:"):
+        return load_test(section.dataset, data_dir=data_dir)
+    from search.folders import load_folder
+
+    # The same scan and split as the study's train and validation images.
+    _, test = load_folder(
+        section.dataset,
+        validation_split=section.validation_split,
+        split_seed=section.split_seed,
+        train_subset=section.train_subset,
+        validation_subset=section.validation_subset,
+        data_dir=data_dir,
+        image_size=section.image_size,
+        color_mode=section.color_mode,
+    )
+    return test
+
+
 def load_test(dataset: str, *, data_dir: str | Path | None = None) -> Split:
-    """Load the test split: only for the one final evaluation of a chosen model."""
+    """Load the test split of Fashion-MNIST or an .npz (`load_study_test` for any dataset)."""
     x, y, _ = _load(dataset, "test", data_dir)
     return Split(x, y)
+
+
+def resolve_cache(value: str | None) -> str:
+    """The cache mode: the flag's value, else SEARCH_CACHE, else "none"."""
+    mode = value or os.environ.get(CACHE_ENV) or "none"
+    if mode not in CACHE_MODES:
+        raise DataError(f"{CACHE_ENV} is {mode!r}, but must be one of {', '.join(CACHE_MODES)}")
+    return mode
 
 
 def stratified_split(
@@ -146,6 +227,26 @@ def stratified_split(
         held.append(idx[:n_held])
         kept.append(idx[n_held:])
     return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def take_subsets(
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    *,
+    split_seed: int,
+    train_subset: int | None,
+    validation_subset: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indices (into `y`), cut to stratified subsets where asked."""
+    rng = np.random.default_rng(split_seed + 1)
+    if train_subset is not None:
+        train_idx = train_idx[_stratified_take(y[train_idx], train_subset, rng, "train_subset")]
+    if validation_subset is not None:
+        val_idx = val_idx[
+            _stratified_take(y[val_idx], validation_subset, rng, "validation_subset")
+        ]
+    return train_idx, val_idx
 
 
 def _stratified_take(y: np.ndarray, n: int, rng: np.random.Generator, key: str) -> np.ndarray:
@@ -171,7 +272,9 @@ def _load(
         return x[..., None], y, FASHION_MNIST_CLASSES
     if dataset.startswith("npz:"):
         return _load_npz(Path(dataset[4:]).expanduser(), part)
-    raise DataError(f"dataset is {dataset!r}, but must be 'fashion_mnist' or 'npz:PATH'")
+    raise DataError(
+        f"dataset is {dataset!r}, but must be 'fashion_mnist', 'npz:PATH' or 'dir:PATH'"
+    )
 
 
 def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
@@ -223,16 +326,25 @@ def _load_npz(path: Path, part: str) -> tuple[np.ndarray, np.ndarray, tuple[str,
     where = f"dataset npz:{path}"
     if not path.is_file():
         raise DataError(f"{where}: no such file")
+    # An .npz is a zip of .npy arrays (numpy.savez); a lone .npy, a pickle or text is not.
+    not_npz = f"{where}: not a readable .npz file (a zip of .npy arrays, as numpy.savez writes)"
+    if not zipfile.is_zipfile(path):
+        raise DataError(not_npz)
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{where}: not a readable .npz file ({e})") from e
+    except (OSError, ValueError, zipfile.BadZipFile):
+        raise DataError(not_npz) from None
     with npz:
         missing = [k for k in NPZ_KEYS if k not in npz.files]
         if missing:
             raise DataError(f"{where}: missing arrays {missing}; it must hold {list(NPZ_KEYS)}")
         # Labels are small: check both parts so a broken test split fails before a search.
-        labels = {k: npz[k] for k in ("y_train", "y_test")}
+        try:
+            labels = {k: npz[k] for k in ("y_train", "y_test")}
+        except ValueError:  # arrays of Python objects, which only pickle could read
+            raise DataError(
+                f"{where}: y_train and y_test must be arrays of integer labels, not objects"
+            ) from None
         x_shapes = {k: _npy_shape(path, k) for k in ("x_train", "x_test")}
         _check_npz(where, x_shapes, labels)
         x = npz[f"x_{part}"]
@@ -293,6 +405,8 @@ def _check_npz(
             f" {x_shapes['x_test'][0][1:]}; they must match"
         )
     num_classes = int(labels["y_train"].max()) + 1
+    if num_classes < 2:
+        raise DataError(f"{where}: y_train has one class; a classifier needs at least 2")
     for part, y in labels.items():
         if y.min() < 0 or y.max() >= num_classes:
             raise DataError(
