@@ -27,7 +27,7 @@ from search.data import Dataset
 from search.failures import FAIL_REASON_ATTR, fail
 from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
 from search.ranking import best_value
-from search.training import fit
+from search.training import describe_device, fit
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -126,6 +126,8 @@ class Objective:
         # Float sums depend on the thread count: retraining reproduces a trial only with its
         # own (0 = TensorFlow's default, all cores).
         trial.set_user_attr("threads", tf.config.threading.get_intra_op_parallelism_threads())
+        # "cpu" or "gpu N" (and mixed precision): what the trial's seconds were spent on.
+        trial.set_user_attr("device", describe_device())
         keras.utils.set_random_seed(seed)
         config = self.config.space_config(self.space, self.space.suggest(trial))
         # A space may say why a config's results would mislead (e.g. a backbone without
@@ -153,6 +155,7 @@ class Objective:
                 self.data,
                 epochs=self.config.trials.max_epochs,
                 callbacks=[reporter],
+                shuffle_seed=seed,
             )
         finally:
             _record_run(trial, reporter, time.monotonic() - start, self.config.direction)

@@ -123,10 +123,14 @@ def _load_retrained(
 def _summary(study: optuna.Study, definition: StudyConfig, storage: Any, data: Dataset) -> str:
     attrs = study.user_attrs
     d = definition.data
+    # An image folder's images are resized and converted as they are read.
+    resized = (
+        f"; resized to {d.image_size[0]}x{d.image_size[1]}, {d.color_mode}" if d.image_size else ""
+    )
     rows = {
         "space": definition.study.space,
         "dataset": f"{d.dataset}: {len(data.train):,} training and {len(data.val):,} validation"
-        f" images (validation split {d.validation_split}, split seed {d.split_seed})",
+        f" images (validation split {d.validation_split}, split seed {d.split_seed})" + resized,
         "metric": f"{definition.study.metric} ({definition.direction}d)",
         "sampler": attrs.get("sampler", definition.trials.sampler),
         "pruner": attrs.get("pruner", definition.trials.pruner),
@@ -375,7 +379,7 @@ def _plot_examples(data: Dataset) -> Figure:
         ax.axis("off")
         if label >= data.num_classes:
             continue
-        image = data.train.x[np.flatnonzero(data.train.y == label)[0]]
+        image = data.train.example(label)
         # Images are on a 0..255 scale, grey ones with a channel axis of 1.
         if image.shape[-1] == 1:
             ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)

@@ -1,17 +1,21 @@
 """Fitting a built model on a Dataset with its config's training settings.
 
-Shared by the trials and the final retraining, so both train the same way.
+Shared by the trials and the final retraining, so both train the same way: on arrays in
+memory (Fashion-MNIST, .npz), or on batches streamed from image files (`dir:PATH`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from search.data import Dataset
+from search.folders import FileSplit
 
 SCHEDULES = ("constant", "step", "cosine", "plateau", "warmup_cosine", "one_cycle")
 
@@ -85,18 +89,46 @@ def fit(
     schedule_epochs: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = 0,
+    shuffle_seed: int = 0,
 ) -> keras.callbacks.History:
-    """Train on the train split, validating on the validation split after every epoch."""
+    """Train on the train split, validating on the validation split after every epoch.
+
+    Args:
+        shuffle_seed: seeds the order of streamed images (a trial's or retraining's seed);
+            arrays are shuffled by Keras from the global seed, as before.
+    """
+    every_callback = [
+        keras.callbacks.TerminateOnNaN(),
+        *learning_rate_callbacks(config, schedule_epochs=schedule_epochs or epochs),
+        *callbacks,
+    ]
+    if isinstance(data.train, FileSplit):
+        return model.fit(
+            data.train.batches(config["batch_size"], shuffle_seed=shuffle_seed),
+            epochs=epochs,
+            validation_data=data.val.batches(config["batch_size"]),
+            callbacks=every_callback,
+            verbose=verbose,
+        )
     return model.fit(
         data.train.x,
         data.train.y,
         batch_size=config["batch_size"],
         epochs=epochs,
         validation_data=(data.val.x, data.val.y),
-        callbacks=[
-            keras.callbacks.TerminateOnNaN(),
-            *learning_rate_callbacks(config, schedule_epochs=schedule_epochs or epochs),
-            *callbacks,
-        ],
+        callbacks=every_callback,
         verbose=verbose,
     )
+
+
+def describe_device() -> str:
+    """Where this process trains: "cpu", or "gpu N" (N as CUDA_VISIBLE_DEVICES names it).
+
+    With mixed precision on, the policy follows ("gpu 1, mixed_float16").
+    """
+    if not tf.config.list_physical_devices("GPU"):
+        return "cpu"
+    # TensorFlow places a model on the first visible GPU.
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip() or "0"
+    policy = keras.mixed_precision.global_policy().name
+    return f"gpu {visible}" + ("" if policy == "float32" else f", {policy}")
