@@ -5,6 +5,10 @@ epoch, with its seed, its thread count and its learning-rate path, so its valida
 accuracy reproduces the trial's and the gap between validation and test is honest. Only
 then is the test set read, once, by the saved model. Re-evaluation trains the same way with
 other seeds and scores the validation split only, to pick the config to retrain.
+
+A model trained on image folders (dir:PATH) is saved behind a Resizing layer: it takes
+decoded images of any size with the study's channels, and its class names are written
+beside it (classes.json).
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from search.config import DataSection
-from search.data import Dataset, Split, load_study_data, load_test
+from search.data import Dataset, Split, load_study_data, load_study_test
 from search.export import Export, ExportError, versions
+from search.folders import FileSplit
 from search.ranking import best_first
-from search.training import fit, learning_rate_callbacks
+from search.training import describe_device, fit, learning_rate_callbacks
 
 # Images per batch when evaluating: large batches are faster and change no result.
 EVAL_BATCH = 1024
@@ -44,17 +49,19 @@ def retrain(
     epochs: int | None = None,
     seed: int | None = None,
     data_dir: str | None = None,
+    cache: str = "none",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Retrain an exported trial, evaluate it on the test set and write its artifacts.
 
-    Writes `report.json`, `model.keras`, `history.png` and `confusion.png` into `out_dir`,
-    and nothing at all if the config cannot be built.
+    Writes `report.json`, `model.keras`, `classes.json`, `history.png` and `confusion.png`
+    into `out_dir`, and nothing at all if the config cannot be built.
 
     Args:
         number: the exported trial to retrain; default: the best.
         epochs: default: the trial's best epoch.
         seed: default: the trial's seed.
+        cache: where a dir:PATH dataset's decoded images are kept (none, memory, disk).
 
     Returns:
         The report (what `report.json` holds).
@@ -64,7 +71,7 @@ def retrain(
     epochs = epochs or entry["best_epoch"]
     seed = entry["seed"] if seed is None else seed
     # The trials' very split and subsets.
-    data = load_study_data(definition.data, data_dir=data_dir)
+    data = load_study_data(definition.data, data_dir=data_dir, cache=cache)
     log(
         f"retraining trial {entry['number']} of study {export.bundle['study']!r}"
         f" for {epochs} epoch{'s' * (epochs != 1)}, seed {seed}, on {len(data.train)}"
@@ -79,9 +86,12 @@ def retrain(
     seconds = time.monotonic() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
+    if isinstance(data.train, FileSplit):
+        model = _any_size(model, data.input_shape)
     model.save(model_path)
+    (out_dir / "classes.json").write_text(json.dumps(list(data.class_names), indent=2) + "\n")
     # The test numbers are those of the saved file: what anyone who loads it will get.
-    test_split = load_test(definition.data.dataset, data_dir=data_dir)
+    test_split = load_study_test(definition.data, data_dir=data_dir)
     test = _evaluate(keras.models.load_model(model_path), test_split)
     trained = len(history["loss"])
     report = {
@@ -92,8 +102,12 @@ def retrain(
         "epochs": trained,
         "seed": seed,
         "threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "device": describe_device(),
         "seconds": round(seconds, 2),
         "n_params": model.count_params(),
+        # What the saved model takes (None: any size) and what its outputs mean.
+        "input_shape": list(model.input_shape[1:]),
+        "class_names": list(data.class_names),
         "data": {
             "train_images": len(data.train),
             "validation_images": len(data.val),
@@ -123,8 +137,8 @@ def retrain(
         + _trial_note(report["trial_validation"])
         + _reevaluation_note(report["reevaluation"])
         + f", test accuracy {test['accuracy']:.4f} (gap {report['gap']:+.4f}),"
-        f" {seconds:.0f} s; wrote report.json, model.keras, history.png, confusion.png"
-        f" to {out_dir}"
+        f" {seconds:.0f} s; wrote report.json, model.keras, classes.json, history.png,"
+        f" confusion.png to {out_dir}"
     )
     return report
 
@@ -136,6 +150,7 @@ def reevaluate(
     jobs: int = 1,
     threads: int = 0,
     data_dir: str | None = None,
+    cache: str = "none",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """The bundle with each trial retrained with `n_seeds` new seeds, best mean first.
@@ -172,7 +187,7 @@ def reevaluate(
     jobs = min(jobs, len(runs))
     if jobs <= 1:
         for run in runs:
-            done(*run, *_reevaluate_run(export, run[1], run[3], data_dir))
+            done(*run, *_reevaluate_run(export, run[1], run[3], data_dir, cache))
     else:
         log(f"re-evaluating {len(runs)} trainings, {jobs} at once")
         pool = ProcessPoolExecutor(
@@ -183,7 +198,8 @@ def reevaluate(
         )
         try:
             futures = {
-                pool.submit(_reevaluate_run, export, run[1], run[3], data_dir): run for run in runs
+                pool.submit(_reevaluate_run, export, run[1], run[3], data_dir, cache): run
+                for run in runs
             }
             for future in as_completed(futures):
                 done(*futures[future], *future.result())
@@ -223,16 +239,16 @@ def _start_job(threads: int) -> None:
 
 
 @functools.cache
-def _study_data(section: DataSection, data_dir: str | None) -> Dataset:
+def _study_data(section: DataSection, data_dir: str | None, cache: str) -> Dataset:
     """The study's split, loaded once per process."""
-    return load_study_data(section, data_dir=data_dir)
+    return load_study_data(section, data_dir=data_dir, cache=cache)
 
 
 def _reevaluate_run(
-    export: Export, entry: dict[str, Any], seed: int, data_dir: str | None
+    export: Export, entry: dict[str, Any], seed: int, data_dir: str | None, cache: str
 ) -> tuple[float, float]:
     """One re-evaluation training: the study's metric after its last epoch, and its seconds."""
-    data = _study_data(export.definition.data, data_dir)
+    data = _study_data(export.definition.data, data_dir, cache)
     start = time.monotonic()
     _, history = train_on_split(export, entry, data, epochs=entry["best_epoch"], seed=seed)
     return history[export.definition.study.metric][-1], time.monotonic() - start
@@ -266,6 +282,7 @@ def train_on_split(
         epochs=epochs,
         schedule_epochs=schedule_epochs,
         verbose=verbose,
+        shuffle_seed=seed,
     )
     return model, {key: [float(v) for v in values] for key, values in fitted.history.items()}
 
@@ -293,10 +310,34 @@ def _build(export: Export, entry: dict[str, Any], data: Dataset, schedule_epochs
     return model
 
 
-def _evaluate(model: keras.Model, split: Split) -> dict[str, Any]:
+def _any_size(model: keras.Model, input_shape: tuple[int, int, int]) -> keras.Model:
+    """The trained model behind a Resizing to its input size: it takes images of any size.
+
+    Its input is decoded images with the study's channels (1 for grayscale, 3 for rgb) on a
+    0..255 scale, as keras.utils.load_img(path, color_mode=...) gives them; it resizes them
+    as training did (`search.folders.read_image`). It is compiled with the trained model's
+    optimizer, loss and metric, so it saves and loads as one model.
+    """
+    height, width, channels = input_shape
+    inputs = keras.Input(shape=(None, None, channels), name="image")
+    resized = keras.layers.Resizing(height, width, name="resize_to_training_size")(inputs)
+    # A new graph over the trained layers, uncompiled: only the outer model has an optimizer.
+    trained = keras.Model(model.inputs, model.outputs, name=model.name)
+    wrapped = keras.Model(inputs, trained(resized), name=f"{model.name}_any_size")
+    wrapped.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    return wrapped
+
+
+def _evaluate(model: keras.Model, split: Split | FileSplit) -> dict[str, Any]:
     """Loss (as Keras computes it in training), accuracy and confusion matrix on a split."""
-    loss, _ = model.evaluate(split.x, split.y, batch_size=EVAL_BATCH, verbose=0)
-    predicted = model.predict(split.x, batch_size=EVAL_BATCH, verbose=0).argmax(axis=1)
+    if isinstance(split, FileSplit):
+        # Batches in the split's order, labels alongside (predict ignores them).
+        batches = split.batches(EVAL_BATCH)
+        loss, _ = model.evaluate(batches, verbose=0)
+        predicted = model.predict(batches, verbose=0).argmax(axis=1)
+    else:
+        loss, _ = model.evaluate(split.x, split.y, batch_size=EVAL_BATCH, verbose=0)
+        predicted = model.predict(split.x, batch_size=EVAL_BATCH, verbose=0).argmax(axis=1)
     n_classes = model.output_shape[-1]
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(confusion, (split.y, predicted), 1)
