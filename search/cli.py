@@ -19,7 +19,7 @@ import optuna
 from search import __version__
 from search.config import ConfigError, StudyConfig, check_space_options, load_config
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, serve_dashboard
-from search.data import DataError, Dataset
+from search.data import CACHE_MODES, DataError, Dataset, resolve_cache
 from search.export import ExportError, exported_params
 from search.storage import (
     GRACE_ENV,
@@ -119,7 +119,17 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("run", _run, "Create or resume a study and run it with N local workers.")
     p.add_argument("study_file", metavar="STUDY.toml")
-    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (1)")
+    p.add_argument("--workers", type=_positive_int, help="worker processes (1)")
+    p.add_argument(
+        "--gpus",
+        type=_gpu_list,
+        metavar="0,1,...",
+        help="run the workers on these GPUs, each worker on one (CUDA_VISIBLE_DEVICES):"
+        " --workers-per-gpu of them per GPU, instead of --workers",
+    )
+    p.add_argument(
+        "--workers-per-gpu", type=_positive_int, metavar="K", help="workers per GPU (1)"
+    )
     _budget_flags(p)
     _enqueue_flag(p)
     _worker_flags(p, recycle_default=RECYCLE_AFTER)
@@ -136,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     # From `search run`: its deadline (a Unix time), which a recycled worker keeps.
     p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     _worker_flags(p)
+    _gpu_flag(p)
 
     p = command("create", _create, "Create a study from a file (idempotent); runs nothing.")
     p.add_argument("study_file", metavar="STUDY.toml")
@@ -194,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
         " machine's cores divided by the threads)",
     )
     _data_dir_flag(p)
+    _cache_flag(p)
 
     p = command(
         "retrain", _retrain, "Retrain an exported trial, then evaluate it once on the test set."
@@ -207,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=_positive_int, help="TensorFlow threads (default: the trial's)"
     )
     _data_dir_flag(p)
+    _cache_flag(p)
+    _gpu_flag(p)
+    _mixed_precision_flag(p)
 
     p = command("report", _report, "Write a study's HTML report, with its retrained configs.")
     _study_name_args(p, required=True)
@@ -267,6 +282,8 @@ def _enqueue_flag(p: argparse.ArgumentParser) -> None:
 
 def _worker_flags(p: argparse.ArgumentParser, *, recycle_default: int | None = None) -> None:
     _data_dir_flag(p)
+    _cache_flag(p)
+    _mixed_precision_flag(p)
     p.add_argument(
         "--threads",
         type=_positive_int,
@@ -280,6 +297,47 @@ def _worker_flags(p: argparse.ArgumentParser, *, recycle_default: int | None = N
         help="restart a worker process after this many trials, bounding its memory"
         + (f" ({recycle_default})" if recycle_default else ""),
     )
+
+
+def _cache_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache",
+        choices=CACHE_MODES,
+        help="where a dir:PATH dataset's decoded images are kept between epochs: none"
+        " (decoded every epoch), memory, or disk (a temporary directory); results do not"
+        " depend on it (default: $SEARCH_CACHE, else none)",
+    )
+
+
+def _gpu_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gpu",
+        type=_gpu_number,
+        metavar="N",
+        help="train on this GPU only (sets CUDA_VISIBLE_DEVICES; memory growth on)",
+    )
+
+
+def _mixed_precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="compute in float16 on a GPU (Keras' mixed_float16); ignored, with a warning,"
+        " without one",
+    )
+
+
+def _gpu_number(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU number (0, 1, ...)")
+    return int(text)
+
+
+def _gpu_list(text: str) -> list[str]:
+    gpus = [g.strip() for g in text.split(",")]
+    if not all(g.isdigit() for g in gpus) or len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct GPU numbers, as in 0,1")
+    return gpus
 
 
 def _positive_int(text: str) -> int:
@@ -296,10 +354,15 @@ def _existing_path(text: str) -> Path:
     return path
 
 
-def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object, Dataset]:
+def _prepare(
+    args: argparse.Namespace, *, trains: bool = False
+) -> tuple[StudyConfig, object, Dataset]:
     """Validate a study file, its space and its dataset, then create or check the study.
 
     Returns the definition, the storage and the loaded dataset (a worker trains on it).
+
+    Args:
+        trains: this process goes on to train (a worker); else it leaves the GPUs alone.
     """
     from search.data import load_study_data
     from search.study import create_study, enqueue_exported, study_prior
@@ -314,8 +377,18 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object, Dataset]:
     # is an error naming the key.
     prior_centre = study_prior(config)[1] if config.trials.prior else None
     exported = exported_params(args.enqueue or [], config, space)
-    # Loaded to validate it before the study exists.
-    data = load_study_data(config.data, data_dir=args.data_dir)
+    if not trains and config.data.dataset.startswith("dir:"):
+        from search.worker import hide_gpus
+
+        # TensorFlow decodes the images below: in a supervisor, on no GPU a worker needs.
+        hide_gpus()
+    # Loaded to validate it before the study exists (an image folder's every image decoded).
+    data = load_study_data(
+        config.data,
+        data_dir=args.data_dir,
+        cache=resolve_cache(getattr(args, "cache", None)),
+        check=True,
+    )
     storage = _open(args)
     study, created = create_study(
         config, storage, dict(space.BASELINES), prior_centre=prior_centre
@@ -337,7 +410,11 @@ def _prepare(args: argparse.Namespace) -> tuple[StudyConfig, object, Dataset]:
 
 
 def _data_dir_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="directory of the Fashion-MNIST IDX files")
+    p.add_argument(
+        "--data-dir",
+        help="directory of the Fashion-MNIST IDX files, and the root of a relative dir:PATH"
+        " (default: $SEARCH_DATA_DIR)",
+    )
 
 
 def _open(args: argparse.Namespace):
@@ -347,21 +424,34 @@ def _open(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from search.worker import supervise
 
+    if args.gpus and args.workers:
+        raise ConfigError(
+            "give --workers or --gpus, not both: with --gpus the workers are the GPUs times"
+            " --workers-per-gpu"
+        )
+    if args.workers_per_gpu and not args.gpus:
+        raise ConfigError("--workers-per-gpu needs --gpus")
+    n_workers = len(args.gpus) * (args.workers_per_gpu or 1) if args.gpus else args.workers or 1
     config, storage, _ = _prepare(args)
-    threads = args.threads or _default_threads(args.workers)
+    threads = args.threads or _default_threads(n_workers)
     worker_args = ["--study-name", config.name, "--threads", str(threads)]
     if args.storage:
         worker_args += ["--storage", args.storage]
     if args.data_dir:
         worker_args += ["--data-dir", args.data_dir]
+    if args.cache:
+        worker_args += ["--cache", args.cache]
+    if args.mixed_precision:
+        worker_args += ["--mixed-precision"]
     if args.max_trials_per_process and not args.no_recycle:
         worker_args += ["--max-trials-per-process", str(args.max_trials_per_process)]
     code = supervise(
         config,
         storage,
         worker_args=worker_args,
-        n_workers=args.workers,
+        n_workers=n_workers,
         log_dir=RUNS_DIR / config.name / "logs",
+        gpus=args.gpus,
     )
     _print_best(config.name, storage)
     return code
@@ -370,19 +460,24 @@ def _run(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from search.objective import STOP, Interrupted
     from search.study import load_definition
-    from search.worker import TIME_UP, configure_threads, run_worker
+    from search.worker import TIME_UP, configure_device, run_worker
 
     if bool(args.study_file) == bool(args.study_name):
         raise ConfigError("give either STUDY.toml or --study-name NAME")
+    cache = resolve_cache(args.cache)
     # Set before TensorFlow starts; two 1-thread workers beat one 2-thread worker on CPU.
-    configure_threads(args.threads or int(os.environ.get("SEARCH_THREADS", "0")) or 1)
+    configure_device(
+        threads=args.threads or int(os.environ.get("SEARCH_THREADS", "0")) or 1,
+        gpu=args.gpu,
+        mixed_precision=args.mixed_precision,
+    )
     # Ctrl-C (which reaches every worker) or SIGTERM (compose, the supervisor): finish the
     # current batch, fail the trial with its reason and queue it again, then exit.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: STOP.set())
     if args.study_file:
         args.n_trials = args.timeout_minutes = args.enqueue = None
-        config, storage, data = _prepare(args)
+        config, storage, data = _prepare(args, trains=True)
         name = config.name
     else:
         name = args.study_name
@@ -397,6 +492,7 @@ def _worker(args: argparse.Namespace) -> int:
             worker_index=index,
             data_dir=args.data_dir,
             data=data,
+            cache=cache,
             max_trials=args.max_trials_per_process,
             deadline=args.deadline,
         )
@@ -500,6 +596,7 @@ def _export(args: argparse.Namespace) -> int:
             jobs=args.jobs or (max(1, cores // threads) if threads else 1),
             threads=threads,
             data_dir=args.data_dir,
+            cache=resolve_cache(args.cache),
             log=lambda line: print(line, flush=True),
         )
     write_export(bundle, path)
@@ -514,12 +611,17 @@ def _export(args: argparse.Namespace) -> int:
 
 def _retrain(args: argparse.Namespace) -> int:
     from search.export import read_export
-    from search.worker import configure_threads
+    from search.worker import configure_device
 
     export = read_export(args.export_file)
     entry = export.entry(args.trial)
+    cache = resolve_cache(args.cache)
     # Before TensorFlow starts: the trial's own thread count reproduces its numbers.
-    configure_threads(args.threads or entry.get("threads") or 0)
+    configure_device(
+        threads=args.threads or entry.get("threads") or 0,
+        gpu=args.gpu,
+        mixed_precision=args.mixed_precision,
+    )
     from search.retrain import retrain
 
     out_dir = Path(args.output) if args.output else export.path.parent / f"trial-{entry['number']}"
@@ -530,6 +632,7 @@ def _retrain(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         data_dir=args.data_dir,
+        cache=cache,
     )
     return 0
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
@@ -46,6 +46,59 @@ def configure_threads(n_threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(min(n_threads, 2))
 
 
+def gpu_env(gpu: str) -> dict[str, str]:
+    """The environment that gives a process one GPU, whose memory it takes as it needs it."""
+    return {"CUDA_VISIBLE_DEVICES": gpu, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+
+
+def worker_env(slot: int, gpus: Sequence[str] | None = None) -> dict[str, str]:
+    """A worker process's environment: this one's, and with `gpus` one of them (by slot).
+
+    Slots take the GPUs in turn, so with K workers per GPU each GPU has K of them.
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    if gpus:
+        env |= gpu_env(gpus[slot % len(gpus)])
+    return env
+
+
+def configure_device(
+    *, threads: int, gpu: int | None = None, mixed_precision: bool = False
+) -> None:
+    """A training process's GPU, threads and precision; must run before TensorFlow starts.
+
+    Args:
+        gpu: train on this GPU only (CUDA_VISIBLE_DEVICES); default: as the environment says.
+        mixed_precision: float16 compute (Keras' mixed_float16); ignored with a warning
+            where no GPU is visible, as it only slows a CPU down.
+    """
+    if gpu is not None:
+        os.environ.update(gpu_env(str(gpu)))
+    configure_threads(threads)
+    if mixed_precision:
+        import keras
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            print("warning: --mixed-precision is ignored: no GPU is visible", file=sys.stderr)
+
+
+def hide_gpus() -> None:
+    """Keep a process that trains nothing (a supervisor, `search create`) off the GPUs.
+
+    TensorFlow takes the memory of every GPU it sees when it starts; checking a folder's
+    images starts it.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow has started already; nothing to be done here
+        pass
+
+
 def run_worker(
     study_name: str,
     storage: optuna.storages.BaseStorage,
@@ -53,6 +106,7 @@ def run_worker(
     worker_index: int,
     data_dir: str | None = None,
     data: Dataset | None = None,
+    cache: str = "none",
     max_trials: int | None = None,
     deadline: float | None = None,
     log: Callable[[str], None] = print,
@@ -61,6 +115,7 @@ def run_worker(
 
     Args:
         data: the study's dataset if the caller has loaded it already; else loaded here.
+        cache: where a dir:PATH dataset's decoded images are kept (none, memory, disk).
         deadline: when the time is up, a Unix time (default: the study's timeout_minutes
             from now). A trial running then stops at its next batch and is queued again.
 
@@ -90,7 +145,7 @@ def run_worker(
     try:
         start = time.monotonic()
         if data is None:
-            data = load_study_data(config.data, data_dir=data_dir)
+            data = load_study_data(config.data, data_dir=data_dir, cache=cache)
         log(
             f"worker {worker_index}: {config.data.dataset} loaded in"
             f" {time.monotonic() - start:.1f}s"
@@ -154,10 +209,14 @@ def supervise(
     worker_args: list[str],
     n_workers: int,
     log_dir: Path,
+    gpus: Sequence[str] | None = None,
     max_restarts: int = 3,
     out: Callable[[str], None] = print,
 ) -> int:
     """Run `n_workers` worker processes until the budget is spent; return an exit code.
+
+    With `gpus`, worker slot i trains on GPU gpus[i % len(gpus)] (`worker_env`), also
+    when it is restarted or recycled.
 
     Shows progress, fails stale trials (a reaper, so a study whose workers all died still
     recovers), restarts crashed workers up to `max_restarts` times each and recycles
@@ -176,8 +235,11 @@ def supervise(
     # Every process gets a new worker index, so a replaced or recycled worker seeds its
     # sampler afresh instead of suggesting its predecessor's first points again.
     starts = itertools.count()
-    procs = {i: _start_worker(worker_args, i, next(starts), log_dir) for i in range(n_workers)}
-    out(f"started {n_workers} workers; their logs: {log_dir}/worker-*.log")
+    procs = {
+        i: _start_worker(worker_args, i, next(starts), log_dir, gpus) for i in range(n_workers)
+    }
+    placed = f" on GPUs {','.join(gpus)} (CUDA_VISIBLE_DEVICES)" if gpus else ""
+    out(f"started {n_workers} workers{placed}; their logs: {log_dir}/worker-*.log")
     restarts = dict.fromkeys(procs, 0)
     gave_up = False
     last_line = ""
@@ -235,7 +297,7 @@ def supervise(
                         f"worker {i} exited with {code};"
                         f" restarting it ({restarts[i]}/{max_restarts})"
                     )
-                procs[i] = _start_worker(worker_args, i, next(starts), log_dir)
+                procs[i] = _start_worker(worker_args, i, next(starts), log_dir, gpus)
             if procs:
                 wait = POLL_SECONDS if deadline is None else deadline - time.time()
                 time.sleep(min(POLL_SECONDS, max(0.0, wait)))
@@ -260,16 +322,19 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def _start_worker(
-    worker_args: list[str], slot: int, index: int, log_dir: Path
+    worker_args: list[str],
+    slot: int,
+    index: int,
+    log_dir: Path,
+    gpus: Sequence[str] | None = None,
 ) -> subprocess.Popen:
     log = open(log_dir / f"worker-{slot}.log", "ab")  # noqa: SIM115 (the child owns it)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "search", "worker", *worker_args, "--worker-index", str(index)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env=env,
+        env=worker_env(slot, gpus),
     )
 
 
