@@ -86,7 +86,12 @@ class FileSplit:
         options.threading.private_threadpool_size = (
             tf.config.threading.get_intra_op_parallelism_threads()
         )
-        return images.with_options(options)
+        images = images.with_options(options)
+        if self.cache != "none":
+            # Filled now, in one full pass: Keras stops at an epoch's last batch, and a cache
+            # whose reader stops before the end of its input is discarded, not kept.
+            images.reduce(np.int64(0), lambda n, _: n + 1)
+        return images
 
 
 def read_image(path: tf.Tensor, image_size: tuple[int, int], channels: int) -> tf.Tensor:
