@@ -322,7 +322,8 @@ def _any_size(model: keras.Model, input_shape: tuple[int, int, int]) -> keras.Mo
     inputs = keras.Input(shape=(None, None, channels), name="image")
     resized = keras.layers.Resizing(height, width, name="resize_to_training_size")(inputs)
     # A new graph over the trained layers, uncompiled: only the outer model has an optimizer.
-    trained = keras.Model(model.inputs, model.outputs, name=model.name)
+    # (`input` and `output`, not the lists `inputs` and `outputs`: one tensor in, one out.)
+    trained = keras.Model(model.input, model.output, name=model.name)
     wrapped = keras.Model(inputs, trained(resized), name=f"{model.name}_any_size")
     wrapped.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     return wrapped
