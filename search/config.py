@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -276,12 +277,15 @@ def _check_folder_keys(data: DataSection, source: str) -> None:
 
 def _validate_table(source: str, section: str, table: dict[str, Any], cls: type) -> dict[str, Any]:
     schema = _SCHEMA[section]
-    for key in table:
-        if (section, key) in MOVED_KEYS:
-            raise ConfigError(
-                f"{source}: [{section}] {key} is no longer a study setting; use"
-                f" {MOVED_KEYS[section, key]}"
-            )
+    table = dict(table)
+    for key in [k for k in table if (section, k) in MOVED_KEYS]:
+        # A study file written before the key moved still runs; the user learns where it went.
+        del table[key]
+        print(
+            f"{source}: [{section}] {key} is ignored, no longer a study setting; use"
+            f" {MOVED_KEYS[section, key]}",
+            file=sys.stderr,
+        )
     unknown = sorted(set(table) - set(schema))
     if unknown:
         raise ConfigError(

@@ -151,13 +151,16 @@ def open_storage(
 
 
 class _Storage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, with two holes of its heartbeats closed.
+    """Optuna's RDB storage, with two holes of its heartbeats and one of its queue closed.
 
-    Optuna records heartbeats in a thread that dies at its first error, so a database
-    restart of a second would leave every running trial without heartbeats: reaped after
-    the grace period while its worker still trains it. Here a failed heartbeat is skipped and
-    the next one tried; a database gone for longer than the grace period still fails the
-    trial, and the worker finds out at its next report.
+    This is the one place that uses Optuna's private API (`optuna.storages._rdb.models`, the
+    tables, and `_get_stale_trial_ids`), each for an Optuna behaviour named below.
+
+    Optuna records heartbeats in a thread that dies at its first error (the traceback in
+    optuna#4994), so a database restart of a second would leave every running trial without
+    heartbeats: reaped after the grace period while its worker still trains it. Here a
+    failed heartbeat is skipped and the next one tried; a database gone for longer than the
+    grace period still fails the trial, and the worker finds out at its next report.
 
     Optuna never counts a RUNNING trial as stale before its first heartbeat, so a worker
     that dies between starting a trial and that heartbeat (the database lost at that moment,

@@ -32,7 +32,6 @@ def test_defaults_and_budget_override(write_study):
         (("n_trials = 8", "n_trials = true"), r"\[trials\] n_trials is True, but must be int"),
         (("validation_split = 0.2", "validation_split = 1.5"), "must be between 0 and 1"),
         (('metric = "val_accuracy"', 'metric = "f1"'), r"\[study\] metric is 'f1'"),
-        (("[trials]", "[trials]\ngrace_period = 60"), "grace_period is no longer a study setting"),
         (("n_trials = 8\n", ""), r"\[trials\] n_trials is required"),
         (("[study]", "[study\n"), "not valid TOML"),
         (("prior = true", "prior = false\n[prior]\nn_blocks = 2"), r"\[prior\] table, but"),
@@ -98,3 +97,14 @@ def test_every_command_has_help(tmp_path):
     for command in ["run", "worker", "create", "status", "reap"]:
         result = run_search(command, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "--storage" in result.stdout, command
+
+
+def test_a_study_file_with_heartbeat_settings_still_loads_and_says_where_they_went(
+    write_study, capsys
+):
+    text = study_toml().replace("[trials]", "[trials]\nheartbeat_interval = 10\ngrace_period = 60")
+    config = load_config(write_study(text=text))
+    assert config == load_config(write_study("plain.toml"))
+    err = capsys.readouterr().err
+    assert "grace_period is ignored" in err and "--grace-period" in err
+    assert "heartbeat_interval is ignored" in err and "--heartbeat-interval" in err
