@@ -6,10 +6,11 @@ PATH/train, stratified, with the study's split seed. The split is a function of 
 list and the seed alone, so every worker, re-evaluation and retraining gets the same one and
 nothing needs writing. Class names are the folder names, sorted; labels are their positions.
 
-A split is a file list (`FileSplit`); `batches()` streams it through tf.data: decode, convert to
-the study's colour mode and resize to its image size in a parallel map, keep the decoded images
-as the worker's cache setting says (none, memory or disk), shuffle, batch, prefetch. The order
-of the images, and so every result, is the same whatever the cache.
+A split is a file list (`FileSplit`); `batches()` streams it through tf.data: shuffle the images'
+positions, then decode, convert to the study's colour mode and resize to its image size in a
+parallel map (cache "none"), or gather them from the images decoded once (cache "memory": an
+array; "disk": a file mapped into memory); batch, prefetch. The order of the images, and so
+every result, is the same whatever the cache.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ from search.data import DataError, Dataset, stratified_split, take_subsets
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 PARTS = ("train", "validation", "test")
 CHANNELS = {"grayscale": 1, "rgb": 3}
-# The shuffle buffer holds decoded images: at most this many bytes of them (at least 256
-# images). It depends on the data alone, so the cache setting never changes the order.
-SHUFFLE_BYTES = 256 * 2**20
 _disk_cache_names = itertools.count()
 
 
@@ -61,37 +59,74 @@ class FileSplit:
         return read_image(tf.constant(path), self.image_size, self.channels).numpy()
 
     def batches(self, batch_size: int, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
-        """(images, labels) batches; shuffled anew every epoch when given a seed (training)."""
-        images = self._images
+        """(images, labels) batches; shuffled anew every epoch when given a seed (training).
+
+        What is shuffled is the images' positions (a few bytes each), all of them, before
+        any image is read: the order is a full shuffle, the memory it takes does not grow
+        with the images, and it is the same whatever the cache.
+        """
+        positions = tf.data.Dataset.range(len(self))
         if shuffle_seed is not None:
-            height, width = self.image_size
-            per_image = height * width * self.channels * 4
-            buffer = min(len(self), max(256, SHUFFLE_BYTES // per_image))
-            images = images.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-        return images.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+            positions = positions.shuffle(
+                len(self), seed=shuffle_seed, reshuffle_each_iteration=True
+            )
+        labels = tf.constant(self.y)
+        if self.cache == "none":
+            paths = tf.constant(self.paths)
+            size, channels = self.image_size, self.channels
+            images = positions.map(
+                lambda i: (read_image(tf.gather(paths, i), size, channels), tf.gather(labels, i)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            ).batch(batch_size)
+        else:
+            # The decoded images, in memory or in a file mapped into it, gathered per batch.
+            decoded = self._decoded
+            shape = (None, *self.image_shape)
+
+            def gather(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                x = tf.numpy_function(lambda i: decoded[np.asarray(i)], [i], tf.float32)
+                return tf.ensure_shape(x, shape), tf.gather(labels, i)
+
+            images = positions.batch(batch_size).map(gather)
+        return images.with_options(self._options()).prefetch(tf.data.AUTOTUNE)
 
     @functools.cached_property
-    def _images(self) -> tf.data.Dataset:
-        """The decoded images in the split's order; built once, so a cache outlives trials."""
-        images = tf.data.Dataset.from_tensor_slices((list(self.paths), self.y)).map(
-            lambda path, label: (read_image(path, self.image_size, self.channels), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
+    def _decoded(self) -> np.ndarray:
+        """Every image decoded once, in the split's order: an array, or a file mapped (disk)."""
+        shape = (len(self), *self.image_shape)
+        if self.cache == "disk":
+            path = _disk_cache_dir() / f"split-{next(_disk_cache_names)}.f32"
+            out: np.ndarray = np.lib.format.open_memmap(path, "w+", np.float32, shape)
+        else:
+            out = np.empty(shape, np.float32)
+        size, channels = self.image_size, self.channels
+        decoded = (
+            tf.data.Dataset.from_tensor_slices(list(self.paths))
+            .map(
+                lambda path: read_image(path, size, channels),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            .batch(1024)
+            .with_options(self._options())
         )
-        if self.cache == "memory":
-            images = images.cache()
-        elif self.cache == "disk":
-            images = images.cache(str(_disk_cache_dir() / f"split-{next(_disk_cache_names)}"))
+        start = 0
+        for batch in decoded.as_numpy_iterator():
+            out[start : start + len(batch)] = batch
+            start += len(batch)
+        if isinstance(out, np.memmap):
+            out.flush()
+        return out
+
+    @staticmethod
+    def _options() -> tf.data.Options:
         options = tf.data.Options()
         # Decoding counts against the worker's threads (--threads; 0: TensorFlow's default).
         options.threading.private_threadpool_size = (
             tf.config.threading.get_intra_op_parallelism_threads()
         )
-        images = images.with_options(options)
-        if self.cache != "none":
-            # Filled now, in one full pass: Keras stops at an epoch's last batch, and a cache
-            # whose reader stops before the end of its input is discarded, not kept.
-            images.reduce(np.int64(0), lambda n, _: n + 1)
-        return images
+        return options
 
 
 def read_image(path: tf.Tensor, image_size: tuple[int, int], channels: int) -> tf.Tensor:
