@@ -90,7 +90,8 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
             x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         if dropout > 0:
             x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    # float32 probabilities also under mixed precision (Keras' mixed-precision guide).
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return compile_model(keras.Model(inputs, outputs, name="dense"), config)
 
 

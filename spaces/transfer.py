@@ -137,7 +137,10 @@ def build(config: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
     x = keras.layers.Dense(head["units"], activation="relu", name=f"{HEAD}dense")(x)
     if head["dropout"] > 0:
         x = keras.layers.Dropout(head["dropout"], name=f"{HEAD}dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name=f"{HEAD}output")(x)
+    # float32 probabilities also under mixed precision (Keras' mixed-precision guide).
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name=f"{HEAD}output"
+    )(x)
     optimizer = TwoRateAdam(
         learning_rate=config["learning_rate"],
         head_prefix=HEAD,
