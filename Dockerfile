@@ -1,14 +1,11 @@
 # CPU image of the `search` service: `docker build -t search .`, then e.g.
 # `docker run --rm search --help`. docker-compose.yml builds and runs it.
 #
-# GPU variant (NVIDIA container toolkit on the host; run with `--gpus all`), either:
-#   a. FROM tensorflow/tensorflow:2.21.0-gpu (TensorFlow with CUDA preinstalled; it is Ubuntu,
-#      so check that its python3 is >= 3.11 and that apt has dataset-fashion-mnist), or
-#   b. keep this base and `pip install "tensorflow[and-cuda]>=2.21,<3"` before the dependencies;
-# and in both, drop the tensorflow-cpu line before `pip install -r requirements.txt`
-# (`sed -i '/^tensorflow-cpu/d' requirements.txt`): pyproject asks for tensorflow-cpu on x86_64
-# Linux, and it must not sit next to the GPU `tensorflow` (both install the same module).
-# The package itself is installed with --no-deps, so nothing else changes.
+# GPU image: `docker build --build-arg GPU=true -t search:gpu .` (NVIDIA container toolkit on
+# the host; run with `--gpus`). It installs `tensorflow[and-cuda]` (TensorFlow with its CUDA
+# libraries from pip) in place of `tensorflow-cpu`, which pyproject asks for on x86_64 Linux and
+# which must not sit next to it (both install the same module). Never built or run on a GPU
+# by this project: see docs/many-machines.md#gpus.
 
 # Bookworm, not the floating slim tag, whose Debian release changes: bookworm has the
 # dataset-fashion-mnist package installed below.
@@ -30,10 +27,15 @@ WORKDIR /app
 
 # Dependencies first, from pyproject.toml alone, so that editing the code does not reinstall
 # TensorFlow (hundreds of MB): this layer is rebuilt only when pyproject.toml changes.
+ARG GPU=false
 COPY pyproject.toml ./
 RUN python -c "import tomllib; \
         project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
         print('\n'.join(project['dependencies']))" > requirements.txt \
+    && if [ "$GPU" = true ]; then \
+        sed -i '/^tensorflow-cpu/d' requirements.txt \
+        && pip install "tensorflow[and-cuda]>=2.21,<3"; \
+    fi \
     && pip install -r requirements.txt
 
 COPY README.md ./

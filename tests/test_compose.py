@@ -218,3 +218,27 @@ def test_image_runs_search_as_non_root() -> None:
     assert users and users[-1].split(":")[0] not in {"root", "0"}
     # Rule: ENTRYPOINT is `search`.
     assert dockerfile_entrypoint() == ["search"]
+
+
+def test_gpu_workers_get_one_gpu_each_in_the_gpu_profile_only(config: dict[str, Any]) -> None:
+    """`--profile gpu` adds one worker per GPU: each reserves its own GPU, none by default."""
+    gpu_workers = {
+        name: s for name, s in services(config).items() if "gpu" in s.get("profiles", [])
+    }
+    # Rule: the default services (no profile) reserve no GPU.
+    for name, service in services(config).items():
+        if name not in gpu_workers:
+            assert "deploy" not in service, name
+    reserved = []
+    for name, service in gpu_workers.items():
+        # Rule: a GPU worker is a `search worker` of the same study, from the GPU image.
+        assert argv(service) == ["search", "worker", "studies/conv.toml"], name
+        assert service["build"]["args"]["GPU"] == "true" and service["image"] == "search:gpu"
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"], name
+        reserved += device["device_ids"]
+        # Rule: it takes GPU memory as it needs it, so it never blocks another process.
+        assert environment(service)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true", name
+        assert service["depends_on"]["create"]["condition"] == "service_completed_successfully"
+    # Rule: at least two GPUs, one worker on each.
+    assert len(reserved) >= 2 and len(set(reserved)) == len(reserved)
