@@ -181,9 +181,7 @@ def test_a_record_with_other_settings_stops_the_run_and_is_kept(tmp_path):
     assert [p.read_text() for p in superseded] == [before]
 
 
-def test_a_changed_prior_makes_the_search_record_stale_not_the_hand_loops(
-    tmp_path, monkeypatch
-):
+def test_a_changed_prior_makes_the_search_record_stale_not_the_hand_loops(tmp_path, monkeypatch):
     import spaces.conv
 
     out, work = tmp_path / "out", tmp_path / "work"
