@@ -306,6 +306,9 @@ def plan_runs(
                 # The space's prior as searched (None without one): a prior changed in the
                 # space's code also makes earlier records stale.
                 "prior": None if kerastuner else searched_prior(study),
+                # Records made when a worker's sampler seed was the study's seed plus its
+                # index (seeds s and s + 1 shared draws) lack this: stale.
+                "sampler_seeds": "search.study.worker_seed(study seed, worker index)",
             }
             runs.append(
                 Run(
