@@ -105,6 +105,8 @@ def fit(
     if isinstance(data.train, FileSplit):
         return model.fit(
             data.train.batches(config["batch_size"], shuffle_seed=shuffle_seed),
+            # The stream shuffles itself (with the seed); Keras would warn that it cannot.
+            shuffle=False,
             epochs=epochs,
             validation_data=data.val.batches(config["batch_size"]),
             callbacks=every_callback,
