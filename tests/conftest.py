@@ -212,8 +212,10 @@ def study_run(tmp_path_factory) -> FinishedStudy:
         cwd = tmp_path_factory.mktemp("finished")
         study = cwd / "study.toml"
         # Successive halving keeps only the top third at each epoch: most trials are pruned.
+        # 12 trials, so that at least 2 complete (with 8, sometimes only 1 did, and the
+        # tests that export, queue or re-evaluate the best 2 failed).
         text = study_toml(
-            n_trials=8,
+            n_trials=12,
             max_epochs=3,
             pruner="successive_halving",
             train_subset=STUDY_RUN_TRAIN,
