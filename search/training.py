@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -50,7 +51,7 @@ def learning_rate_callbacks(
         return [keras.callbacks.LearningRateScheduler(rate)]
     if name == "plateau":
         return [
-            keras.callbacks.ReduceLROnPlateau(
+            ResumablePlateau(
                 monitor="val_loss", factor=schedule["factor"], patience=schedule["patience"]
             )
         ]
@@ -80,6 +81,29 @@ def learning_rate_callbacks(
     raise ValueError(f"schedule is {name!r}, but must be one of {', '.join(SCHEDULES)}")
 
 
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """Keras' reduce-on-plateau whose counters a checkpoint saves and a resumed fit restores."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._restored: dict[str, Any] | None = None
+
+    def state(self) -> dict[str, Any]:
+        best = None if self.best is None else float(self.best)
+        return {"best": best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Counters to continue from when the next fit begins."""
+        self._restored = dict(state)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        if self._restored is not None:
+            self.best = self._restored["best"]
+            self.wait = self._restored["wait"]
+            self.cooldown_counter = self._restored["cooldown_counter"]
+
+
 def fit(
     model: keras.Model,
     config: dict[str, Any],
@@ -87,6 +111,8 @@ def fit(
     *,
     epochs: int,
     schedule_epochs: int | None = None,
+    schedule: Sequence[keras.callbacks.Callback] | None = None,
+    initial_epoch: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = 0,
     shuffle_seed: int = 0,
@@ -94,18 +120,20 @@ def fit(
     """Train on the train split, validating on the validation split after every epoch.
 
     Args:
+        schedule: the learning-rate callbacks (default: `learning_rate_callbacks`), given
+            when the caller saves or restores their state.
+        initial_epoch: epochs already trained (a trial resumed from its checkpoint).
         shuffle_seed: seeds the order of streamed images (a trial's or retraining's seed);
             arrays are shuffled by Keras from the global seed, as before.
     """
-    every_callback = [
-        keras.callbacks.TerminateOnNaN(),
-        *learning_rate_callbacks(config, schedule_epochs=schedule_epochs or epochs),
-        *callbacks,
-    ]
+    if schedule is None:
+        schedule = learning_rate_callbacks(config, schedule_epochs=schedule_epochs or epochs)
+    every_callback = [keras.callbacks.TerminateOnNaN(), *schedule, *callbacks]
     if isinstance(data.train, FileSplit):
         return model.fit(
             data.train.batches(config["batch_size"], shuffle_seed=shuffle_seed),
             epochs=epochs,
+            initial_epoch=initial_epoch,
             validation_data=data.val.batches(config["batch_size"]),
             callbacks=every_callback,
             verbose=verbose,
@@ -115,6 +143,7 @@ def fit(
         data.train.y,
         batch_size=config["batch_size"],
         epochs=epochs,
+        initial_epoch=initial_epoch,
         validation_data=(data.val.x, data.val.y),
         callbacks=every_callback,
         verbose=verbose,
@@ -132,3 +161,21 @@ def describe_device() -> str:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip() or "0"
     policy = keras.mixed_precision.global_policy().name
     return f"gpu {visible}" + ("" if policy == "float32" else f", {policy}")
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save a model as a `.keras` file that plain `keras.models.load_model` reads anywhere.
+
+    A trained model may be compiled with this project's own loss (label smoothing,
+    `spaces.losses`) or optimizer (transfer's two rates), which a Python without this
+    project cannot rebuild. The file holds the same layers and weights compiled with Keras'
+    own pieces instead: sparse categorical cross-entropy (no smoothing), Adam, accuracy.
+    Its predictions are the trained model's; it carries no optimizer state to go on from.
+    """
+    standalone = keras.Model(model.input, model.output, name=model.name)
+    standalone.compile(
+        optimizer=keras.optimizers.Adam(),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    standalone.save(path)

@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.budget import progress
+from search.checkpoints import keep_best, open_store, prune_kept
 from search.config import StudyConfig
 from search.data import Dataset
 from search.failures import check_failures, reap, requeue, requeued_since
@@ -151,7 +152,15 @@ def run_worker(
             f" {time.monotonic() - start:.1f}s"
             f" ({len(data.train)} train, {len(data.val)} validation images)"
         )
-        objective = Objective(config, load_space(config.study.space), data)
+        store = open_store()
+        keep = keep_best()
+        objective = Objective(config, load_space(config.study.space), data, store=store)
+
+        def prune(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            # After the trial is told: a completed trial counts in the ranking.
+            if trial.state == TrialState.COMPLETE:
+                prune_kept(store, study, keep)
+
         n_run = 0
         while (max_trials is None or n_run < max_trials) and not STOP.is_set():
             state = progress(study)
@@ -165,7 +174,7 @@ def run_worker(
                 time.sleep(TAIL_WAIT_SECONDS)
                 continue
             try:
-                study.optimize(objective, n_trials=1)
+                study.optimize(objective, n_trials=1, callbacks=[prune])
             except Interrupted:
                 requeue(study, objective.last_trial)
                 # The supervisor's SIGTERM at the deadline may come before this timer fires.
