@@ -314,3 +314,49 @@ def prune_kept(store: Store, study: optuna.Study, keep: int) -> list[int]:
         else:
             kept.append(number)
     return kept
+
+
+# --- the kept models in optuna-dashboard -----------------------------------------------
+
+
+def artifact_name(number: int) -> str:
+    return f"trial-{number}-model.keras"
+
+
+def artifact_store(store: Store) -> Any:
+    """The Optuna artifact store beside a checkpoint store (what the dashboard reads)."""
+    from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+
+    if isinstance(store, S3Store):
+        return Boto3ArtifactStore(store.bucket, client=store.client)
+    assert isinstance(store, FolderStore)
+    path = store.root / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+def attach_kept(store: Store, study: optuna.Study) -> list[int]:
+    """Attach each kept model to the study as an Optuna artifact, once; return the numbers.
+
+    Optuna cannot remove an artifact's record, and a finished trial takes no new ones. So a
+    model is attached to its study (as `trial-<N>-model.keras`) when it is final, at the end
+    of `search run` and by `search export --weights`, and the artifact is a copy: removing a
+    kept model later never leaves the dashboard an entry without its file.
+    """
+    from optuna.artifacts import get_all_artifact_meta, upload_artifact
+
+    artifacts = artifact_store(store)
+    attached = {meta.filename for meta in get_all_artifact_meta(study)}
+    numbers = []
+    for number in kept_numbers(store, study.study_name):
+        name = artifact_name(number)
+        if name not in attached:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / name
+                if not store.get(kept_key(study.study_name, number), path):
+                    continue  # removed since it was listed
+                upload_artifact(
+                    artifact_store=artifacts, file_path=str(path), study_or_trial=study
+                )
+        numbers.append(number)
+    return numbers
