@@ -233,9 +233,9 @@ class Checkpoint:
     trial: int
     epoch: int
     params: dict[str, Any]
-    weights: list[np.ndarray]
+    weights: list[np.ndarray]  # every variable of the model (its RNG states too)
     optimizer: list[np.ndarray]
-    best_weights: list[np.ndarray]
+    best_weights: list[np.ndarray]  # the best epoch's `get_weights()`
     # history, epoch_end, epoch_seconds, best_epoch, plateau: see `search.objective`.
     state: dict[str, Any]
 

@@ -184,10 +184,9 @@ class Objective:
         checkpointer = Checkpointer(
             self.store, self.config.name, trial, reporter, schedule, self.config.direction
         )
+        # Resumed, the trial goes on as if never stopped: the same batches (an epoch's order
+        # depends on the seed and the epoch alone), dropout masks, weights and optimizer.
         start_epoch = checkpointer.resume(model, retry_of) if retry_of else 0
-        if start_epoch:
-            # Other dropout masks and batches than the epochs trained before the stop.
-            keras.utils.set_random_seed(seed + start_epoch)
         start = time.monotonic()
         ended = False
         try:
@@ -199,7 +198,7 @@ class Objective:
                 schedule=schedule,
                 initial_epoch=start_epoch,
                 callbacks=[reporter, checkpointer],
-                shuffle_seed=seed + start_epoch,
+                shuffle_seed=seed,
             )
             ended = not STOP.is_set()
         finally:
@@ -285,7 +284,11 @@ class Checkpointer(keras.callbacks.Callback):
     def _restore(self, model: keras.Model, checkpoint: Checkpoint) -> None:
         if checkpoint.params != self.trial.params:
             raise ValueError("its params differ from this trial's")
-        model.set_weights(checkpoint.weights)
+        # All of the model's state: weights, batch norm's statistics, dropout's RNG states.
+        if len(model.variables) != len(checkpoint.weights):
+            raise ValueError("its weights do not fit this model")
+        for variable, value in zip(model.variables, checkpoint.weights, strict=True):
+            variable.assign(value)
         optimizer = model.optimizer
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
@@ -319,7 +322,7 @@ class Checkpointer(keras.callbacks.Callback):
                 trial=self.trial.number,
                 epoch=epoch + 1,
                 params=self.trial.params,
-                weights=self.model.get_weights(),
+                weights=[v.numpy() for v in self.model.variables],
                 optimizer=[v.numpy() for v in self.model.optimizer.variables],
                 best_weights=self.best_weights or [],
                 state={

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,38 @@ class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
             self.cooldown_counter = self._restored["cooldown_counter"]
 
 
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    *,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+    load: Callable[[tf.Tensor], Any] | None = None,
+) -> tf.data.Dataset:
+    """Batches of the positions 0..n-1 for epochs first_epoch..epochs-1, shuffled per epoch.
+
+    Each epoch's order is a permutation drawn from (seed, epoch) alone, so a trial resumed
+    at epoch k from its checkpoint trains on the very batches it would have had, and its
+    results do not depend on where it was stopped. Batches never span two epochs.
+
+    Args:
+        load: mapped over single positions (in parallel) before they are batched.
+    """
+    seed = int(seed)
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+        )
+        positions = tf.data.Dataset.from_tensor_slices(order)
+        if load is not None:
+            positions = positions.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        return positions.batch(batch_size)
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
+
+
 def fit(
     model: keras.Model,
     config: dict[str, Any],
@@ -123,29 +155,38 @@ def fit(
         schedule: the learning-rate callbacks (default: `learning_rate_callbacks`), given
             when the caller saves or restores their state.
         initial_epoch: epochs already trained (a trial resumed from its checkpoint).
-        shuffle_seed: seeds the order of streamed images (a trial's or retraining's seed);
-            arrays are shuffled by Keras from the global seed, as before.
+        shuffle_seed: with the epoch, the order of the training images (`epoch_batches`).
     """
     if schedule is None:
         schedule = learning_rate_callbacks(config, schedule_epochs=schedule_epochs or epochs)
-    every_callback = [keras.callbacks.TerminateOnNaN(), *schedule, *callbacks]
+    batch_size = config["batch_size"]
+    order = {"seed": shuffle_seed, "first_epoch": initial_epoch, "epochs": epochs}
     if isinstance(data.train, FileSplit):
-        return model.fit(
-            data.train.batches(config["batch_size"], shuffle_seed=shuffle_seed),
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            validation_data=data.val.batches(config["batch_size"]),
-            callbacks=every_callback,
-            verbose=verbose,
+        train = data.train.stream(
+            lambda load: epoch_batches(len(data.train), batch_size, load=load, **order)
         )
+        validation: Any = data.val.batches(batch_size)
+    else:
+        x, y = tf.constant(data.train.x), tf.constant(data.train.y)
+        train = (
+            epoch_batches(len(data.train), batch_size, **order)
+            .map(
+                lambda i: (tf.gather(x, i), tf.gather(y, i)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        validation = (data.val.x, data.val.y)
     return model.fit(
-        data.train.x,
-        data.train.y,
-        batch_size=config["batch_size"],
+        train,
         epochs=epochs,
         initial_epoch=initial_epoch,
-        validation_data=(data.val.x, data.val.y),
-        callbacks=every_callback,
+        # One pass over the data per epoch; the batches of all epochs come from one stream.
+        steps_per_epoch=math.ceil(len(data.train) / batch_size),
+        validation_data=validation,
+        validation_batch_size=None if isinstance(data.val, FileSplit) else batch_size,
+        callbacks=[keras.callbacks.TerminateOnNaN(), *schedule, *callbacks],
         verbose=verbose,
     )
 
