@@ -170,9 +170,14 @@ class S3Store(Store):
         return sorted(obj["Key"][strip:] for page in pages for obj in page.get("Contents", []))
 
 
-def open_store(location: str | None = None) -> Store:
-    """The store at `location`, else $SEARCH_CHECKPOINTS, else the folder `runs/`."""
+def open_store(location: str | None = None) -> Store | None:
+    """The store at `location`, else $SEARCH_CHECKPOINTS, else the folder `runs/`.
+
+    "none": no checkpoints and no kept models (None).
+    """
     location = location or os.environ.get(CHECKPOINTS_ENV) or DEFAULT_LOCATION
+    if location == "none":
+        return None
     if location.startswith("s3://"):
         return S3Store(location)
     if "://" in location:
@@ -293,7 +298,7 @@ def delete_checkpoint(store: Store, study: str, number: int) -> None:
 # --- the kept models -------------------------------------------------------------------
 
 
-def prune_kept(store: Store, study: optuna.Study, keep: int) -> list[int]:
+def prune_kept(store: Store | None, study: optuna.Study, keep: int) -> list[int]:
     """Remove the kept models of completed trials outside the study's best `keep`.
 
     Safe with many workers at once: only COMPLETE trials' models are removed, and a trial
@@ -303,6 +308,8 @@ def prune_kept(store: Store, study: optuna.Study, keep: int) -> list[int]:
     Returns:
         The trials whose models remain.
     """
+    if store is None:
+        return []
     trials = study.get_trials(deepcopy=False)
     ranked = ranked_trials(trials, study.direction)
     best = {t.number for t in ranked[:keep]}
@@ -323,10 +330,12 @@ def artifact_name(number: int) -> str:
     return f"trial-{number}-model.keras"
 
 
-def artifact_store(store: Store) -> Any:
+def artifact_store(store: Store | None) -> Any:
     """The Optuna artifact store beside a checkpoint store (what the dashboard reads)."""
     from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 
+    if store is None:
+        return None
     if isinstance(store, S3Store):
         return Boto3ArtifactStore(store.bucket, client=store.client)
     assert isinstance(store, FolderStore)
@@ -335,7 +344,7 @@ def artifact_store(store: Store) -> Any:
     return FileSystemArtifactStore(str(path))
 
 
-def attach_kept(store: Store, study: optuna.Study) -> list[int]:
+def attach_kept(store: Store | None, study: optuna.Study) -> list[int]:
     """Attach each kept model to the study as an Optuna artifact, once; return the numbers.
 
     Optuna cannot remove an artifact's record, and a finished trial takes no new ones. So a
@@ -345,6 +354,8 @@ def attach_kept(store: Store, study: optuna.Study) -> list[int]:
     """
     from optuna.artifacts import get_all_artifact_meta, upload_artifact
 
+    if store is None:
+        return []
     artifacts = artifact_store(store)
     attached = {meta.filename for meta in get_all_artifact_meta(study)}
     numbers = []

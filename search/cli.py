@@ -117,8 +117,8 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoints",
         metavar="LOCATION",
         help="where running trials save a checkpoint after every epoch and completed trials"
-        " keep their best epoch's model: a folder every worker reaches, or s3://BUCKET/PREFIX"
-        f" (default: ${CHECKPOINTS_ENV}, else {DEFAULT_LOCATION}/)",
+        " keep their best epoch's model: a folder every worker reaches, s3://BUCKET/PREFIX, or"
+        f" none (default: ${CHECKPOINTS_ENV}, else {DEFAULT_LOCATION}/)",
     )
     common.add_argument(
         "--keep-best",
@@ -514,7 +514,7 @@ def _attach_kept(study_name: str, storage: optuna.storages.BaseStorage) -> None:
 
     store = open_store()
     numbers = attach_kept(store, optuna.load_study(study_name=study_name, storage=storage))
-    if numbers:
+    if store is not None and numbers:
         print(
             f"kept best-epoch models of trials {numbers} in {store.location}/{study_name}/kept"
             " (artifacts in the dashboard; `search export --weights` adds them to an export)"
@@ -696,6 +696,11 @@ def _kept_weights(
     from search.checkpoints import attach_kept, kept_key, kept_numbers, open_store
 
     store = open_store()
+    if store is None:
+        raise ExportError(
+            "--weights, but checkpoints are off (--checkpoints none): no trial kept weights;"
+            " train the config again with `search retrain` on the export instead"
+        )
     kept = set(kept_numbers(store, study_name))
     missing = [e["number"] for e in bundle["trials"] if e["number"] not in kept]
     if missing:

@@ -48,12 +48,14 @@ class RetryWithProgress:
         store = open_store()
         earlier = list(trial.system_attrs.get("retry_history", []))
         # A trial saves a checkpoint only after an epoch it trained: its own is progress.
-        progressed = bool(store.keys(checkpoint_key(study.study_name, trial.number)))
+        progressed = store is not None and bool(
+            store.keys(checkpoint_key(study.study_name, trial.number))
+        )
         retry = len(earlier) < max_retries() and (progressed or not earlier)
         if retry:
             self._queue(study, trial)
             return
-        for number in [*earlier, trial.number]:
+        for number in [*earlier, trial.number] if store is not None else []:
             delete_checkpoint(store, study.study_name, number)
 
 
