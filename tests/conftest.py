@@ -45,6 +45,10 @@ LONGEST_FIRST = {
     "test_recycled_workers_are_replaced_and_draw_new_points": 88,
     # Estimated, not yet measured: run, export, retrain and report of a small folder study.
     "test_a_folder_study_runs_exports_retrains_and_reports": 90,
+    # Estimated, not yet measured: kills and resumes of checkpointed trials.
+    "test_a_killed_trial_goes_on_from_its_last_epoch": 60,
+    "test_a_study_keeps_its_best_models_exports_them_and_shows_them": 50,
+    "test_a_damaged_checkpoint_starts_the_retry_again_with_the_reason": 40,
     "test_parallel_reevaluation_gives_each_seed_the_result_it_gets_alone": 59,
     "test_browser_watches_a_real_run_whose_workers_never_lock": 54,
     "test_reevaluated_export_ranks_by_mean_and_retrain_reports_it": 49,
