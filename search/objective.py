@@ -37,12 +37,14 @@ from search.checkpoints import (
 from search.config import StudyConfig
 from search.data import Dataset
 from search.failures import FAIL_REASON_ATTR, fail
+from search.folders import FileSplit
 from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
 from search.ranking import best_value
 from search.training import (
     ResumablePlateau,
     describe_device,
     fit,
+    for_raw_images,
     learning_rate_callbacks,
     save_model,
 )
@@ -182,7 +184,13 @@ class Objective:
         reporter = PruningReporter(trial, self.metric)
         schedule = learning_rate_callbacks(config, schedule_epochs=self.config.trials.max_epochs)
         checkpointer = Checkpointer(
-            self.store, self.config.name, trial, reporter, schedule, self.config.direction
+            self.store,
+            self.config.name,
+            trial,
+            reporter,
+            schedule,
+            self.config.direction,
+            raw_images=self.data.input_shape if isinstance(self.data.train, FileSplit) else None,
         )
         # Resumed, the trial goes on as if never stopped: the same batches (an epoch's order
         # depends on the seed and the epoch alone), dropout masks, weights and optimizer.
@@ -239,8 +247,15 @@ class Checkpointer(keras.callbacks.Callback):
         reporter: PruningReporter,
         schedule: list[keras.callbacks.Callback],
         direction: str,
+        raw_images: tuple[int, int, int] | None = None,
     ) -> None:
+        """
+        Args:
+            raw_images: the input shape of a model trained on image folders, whose kept
+                model takes images of any size (`for_raw_images`).
+        """
         super().__init__()
+        self.raw_images = raw_images
         self.store = store
         self.study = study
         self.trial = trial
@@ -343,6 +358,8 @@ class Checkpointer(keras.callbacks.Callback):
             return
         if kept and self.best_weights is not None and keep_best() > 0:
             model.set_weights(self.best_weights)
+            if self.raw_images is not None:
+                model = for_raw_images(model, self.raw_images)
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.keras"
                 save_model(model, path)

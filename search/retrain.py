@@ -35,7 +35,13 @@ from search.data import Dataset, Split, load_study_data, load_study_test
 from search.export import Export, ExportError, versions
 from search.folders import FileSplit
 from search.ranking import best_first
-from search.training import describe_device, fit, learning_rate_callbacks, save_model
+from search.training import (
+    describe_device,
+    fit,
+    for_raw_images,
+    learning_rate_callbacks,
+    save_model,
+)
 
 # Images per batch when evaluating: large batches are faster and change no result.
 EVAL_BATCH = 1024
@@ -87,7 +93,7 @@ def retrain(
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
     if isinstance(data.train, FileSplit):
-        model = _any_size(model, data.input_shape)
+        model = for_raw_images(model, data.input_shape)
     # Loads with plain Keras anywhere (`save_model`): what a user's serving code does.
     save_model(model, model_path)
     (out_dir / "classes.json").write_text(json.dumps(list(data.class_names), indent=2) + "\n")
@@ -313,22 +319,6 @@ def _build(export: Export, entry: dict[str, Any], data: Dataset, schedule_epochs
             f" space cannot build its config ({e})"
         ) from None
     return model
-
-
-def _any_size(model: keras.Model, input_shape: tuple[int, int, int]) -> keras.Model:
-    """The trained model behind a Resizing to its input size: it takes images of any size.
-
-    Its input is decoded images with the study's channels (1 for grayscale, 3 for rgb) on a
-    0..255 scale, as keras.utils.load_img(path, color_mode=...) gives them; it resizes them
-    as training did (`search.folders.read_image`).
-    """
-    height, width, channels = input_shape
-    inputs = keras.Input(shape=(None, None, channels), name="image")
-    resized = keras.layers.Resizing(height, width, name="resize_to_training_size")(inputs)
-    # A new graph over the trained layers, uncompiled: only the outer model has an optimizer.
-    # (`input` and `output`, not the lists `inputs` and `outputs`: one tensor in, one out.)
-    trained = keras.Model(model.input, model.output, name=model.name)
-    return keras.Model(inputs, trained(resized), name=f"{model.name}_any_size")
 
 
 def _evaluate(model: keras.Model, split: Split | FileSplit) -> dict[str, Any]:

@@ -220,3 +220,19 @@ def save_model(model: keras.Model, path: Path) -> None:
         metrics=["accuracy"],
     )
     standalone.save(path)
+
+
+def for_raw_images(model: keras.Model, input_shape: tuple[int, int, int]) -> keras.Model:
+    """The trained model behind a Resizing to its input size: it takes images of any size.
+
+    For image folders (dir:PATH): its input is decoded images with the study's channels (1
+    for grayscale, 3 for rgb) on a 0..255 scale, as keras.utils.load_img(path,
+    color_mode=...) gives them; it resizes them as training did (`search.folders.read_image`).
+    """
+    height, width, channels = input_shape
+    inputs = keras.Input(shape=(None, None, channels), name="image")
+    resized = keras.layers.Resizing(height, width, name="resize_to_training_size")(inputs)
+    # A new graph over the trained layers (`input` and `output`, not the lists `inputs` and
+    # `outputs`: one tensor in, one out).
+    trained = keras.Model(model.input, model.output, name=model.name)
+    return keras.Model(inputs, trained(resized), name=f"{model.name}_any_size")

@@ -23,6 +23,7 @@ from search.budget import progress
 from search.checkpoints import keep_best, open_store, prune_kept
 from search.config import StudyConfig
 from search.data import Dataset
+from search.export import CLASS_NAMES_ATTR
 from search.failures import check_failures, reap, requeue, requeued_since
 from search.storage import TRANSIENT_ERRORS, describe_error
 from search.study import load_definition, make_pruner, make_sampler
@@ -152,6 +153,9 @@ def run_worker(
             f" {time.monotonic() - start:.1f}s"
             f" ({len(data.train)} train, {len(data.val)} validation images)"
         )
+        if CLASS_NAMES_ATTR not in study.user_attrs:
+            # What the models' outputs mean, for exports (and their kept models) to carry.
+            study.set_user_attr(CLASS_NAMES_ATTR, list(data.class_names))
         store = open_store()
         keep = keep_best()
         objective = Objective(config, load_space(config.study.space), data, store=store)
