@@ -196,10 +196,14 @@ def describe_device() -> str:
 
     With mixed precision on, the policy follows ("gpu 1, mixed_float16").
     """
+    assigned = os.environ.get("CUDA_VISIBLE_DEVICES")
     if not tf.config.list_physical_devices("GPU"):
-        return "cpu"
+        # A worker given a GPU on a machine without one (or without CUDA) says so.
+        return (
+            "cpu" if assigned is None else f"cpu (no GPU visible; CUDA_VISIBLE_DEVICES={assigned})"
+        )
     # TensorFlow places a model on the first visible GPU.
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip() or "0"
+    visible = (assigned or "").split(",")[0].strip() or "0"
     policy = keras.mixed_precision.global_policy().name
     return f"gpu {visible}" + ("" if policy == "float32" else f", {policy}")
 

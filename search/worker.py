@@ -125,6 +125,7 @@ def run_worker(
     """
     from search.data import load_study_data
     from search.objective import STOP, Interrupted, Objective
+    from search.training import describe_device
     from spaces import load_space
 
     config = load_definition(study_name, storage)
@@ -151,7 +152,8 @@ def run_worker(
         log(
             f"worker {worker_index}: {config.data.dataset} loaded in"
             f" {time.monotonic() - start:.1f}s"
-            f" ({len(data.train)} train, {len(data.val)} validation images)"
+            f" ({len(data.train)} train, {len(data.val)} validation images);"
+            f" training on {describe_device()}"
         )
         if CLASS_NAMES_ATTR not in study.user_attrs:
             # What the models' outputs mean, for exports (and their kept models) to carry.

@@ -375,6 +375,27 @@ def test_each_worker_slot_gets_its_gpu_through_the_environment(tmp_path, monkeyp
     assert started["args"][-2:] == ["--worker-index", "9"]
 
 
+def test_run_with_gpus_places_each_worker_on_its_gpu(tmp_path):
+    # On this CPU machine the GPU each worker was given shows in its trials' device.
+    study = tmp_path / "study.toml"
+    study.write_text(
+        '[study]\nname = "gpus"\nspace = "dense"\n\n[data]\ndataset = "fashion_mnist"\n'
+        "train_subset = 500\nvalidation_subset = 200\n\n"
+        '[trials]\nn_trials = 4\nmax_epochs = 1\npruner = "none"\n'
+    )
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    result = run_search("run", study, "--gpus", "3,5", "--storage", storage, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "started 2 workers on GPUs 3,5" in result.stdout
+    # Worker slot i on GPU i: each says so in its log, and its trials record it.
+    expected = [f"cpu (no GPU visible; CUDA_VISIBLE_DEVICES={gpu})" for gpu in (3, 5)]
+    for slot, device in enumerate(expected):
+        log = (tmp_path / "runs" / "gpus" / "logs" / f"worker-{slot}.log").read_text()
+        assert f"training on {device}" in log, log
+    trials = optuna.load_study(study_name="gpus", storage=open_storage(storage)).trials
+    assert {t.user_attrs["device"] for t in trials} <= set(expected)
+
+
 def test_gpu_flags_that_contradict_each_other_exit_2(tmp_path):
     study = tmp_path / "study.toml"
     study.write_text(study_text("dir:shapes"))
