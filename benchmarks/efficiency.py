@@ -54,7 +54,9 @@ from benchmarks.harness import (
     write_json_atomic,
     write_study,
 )
-from search.config import from_dict, with_legacy_defaults
+from search.config import StudyConfig, from_dict, with_legacy_defaults
+from search.prior import resolve_prior
+from spaces import load_space
 
 CONTESTANTS = {
     "search": "this service: the study's sampler, pruner and prior",
@@ -290,6 +292,7 @@ def plan_runs(
             )
             sections["study"]["name"] = f"{dataset}-{contestant}-seed{seed}"
             kerastuner = contestant == "kerastuner"
+            study = from_dict(sections, source=f"{dataset} {contestant}")
             settings = {
                 "dataset": dataset,
                 "contestant": contestant,
@@ -299,7 +302,13 @@ def plan_runs(
                 "threads_per_worker": workers if kerastuner else 1,
                 # The definition as the service resolves it, defaults included, so a
                 # changed default also makes earlier records stale.
-                "study": from_dict(sections, source=f"{dataset} {contestant}").to_dict(),
+                "study": study.to_dict(),
+                # The space's prior as searched (None without one): a prior changed in the
+                # space's code also makes earlier records stale.
+                "prior": None if kerastuner else searched_prior(study),
+                # Records made when a worker's sampler seed was the study's seed plus its
+                # index (seeds s and s + 1 shared draws) lack this: stale.
+                "sampler_seeds": "search.study.worker_seed(study seed, worker index)",
             }
             runs.append(
                 Run(
@@ -313,6 +322,16 @@ def plan_runs(
                 )
             )
     return runs
+
+
+def searched_prior(study: StudyConfig) -> dict[str, list[Any]] | None:
+    """A study's prior as [centre, spread] per param, its [prior] centres applied."""
+    if not study.trials.prior:
+        return None
+    prior, _ = resolve_prior(load_space(study.study.space), study.prior, source=study.name)
+    if prior is None:
+        return None
+    return {name: [p.centre, p.spread] for name, p in prior.items()}
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -339,7 +358,8 @@ def _comparable(settings: Any) -> Any:
     """Recorded settings without the keys that moved out of study definitions since."""
     if not isinstance(settings, dict) or not isinstance(settings.get("study"), dict):
         return settings
-    return {**settings, "study": with_legacy_defaults(settings["study"])}
+    # Records from before the prior was recorded: the hand loop's had none.
+    return {"prior": None, **settings, "study": with_legacy_defaults(settings["study"])}
 
 
 def supersede(path: Path) -> Path:

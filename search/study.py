@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import warnings
 
+import numpy as np
 import optuna
 
 from search import __version__
@@ -36,9 +37,18 @@ class StudyError(ValueError):
 N_STARTUP_TRIALS = 8
 
 
+def worker_seed(study_seed: int, worker_index: int) -> int:
+    """A worker's sampler seed, from both numbers.
+
+    Not their sum: with it, worker 1 of the study with seed s drew what worker 0 of the
+    study with seed s + 1 drew, and studies meant as independent repeats shared draws.
+    """
+    return int(np.random.SeedSequence([study_seed, worker_index]).generate_state(1)[0])
+
+
 def make_sampler(config: StudyConfig, *, worker_index: int) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded per worker so parallel workers don't repeat each other."""
-    seed = config.study.seed + worker_index
+    seed = worker_seed(config.study.seed, worker_index)
     if config.trials.sampler == "random":
         base: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
     else:

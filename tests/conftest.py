@@ -38,13 +38,12 @@ LONGEST_FIRST = {
     "test_ctrl_c_stops_cleanly_and_the_study_resumes": 252,
     "test_workers_survive_sigkills_and_a_database_restart": 246,
     "test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them": 200,
-    "test_a_config_with_both_additions_trains_exports_retrains_and_reloads": 130,
+    "test_a_config_with_both_additions_trains_exports_retrains_and_reloads": 50,
     "test_two_workers_run_a_pruned_study_to_its_budget": 114,
     "test_enqueued_trials_run_first_and_once": 97,
     "test_short_transfer_study_runs_through_the_cli": 96,
     "test_recycled_workers_are_replaced_and_draw_new_points": 88,
-    # Estimated, not yet measured: run, export, retrain and report of a small folder study.
-    "test_a_folder_study_runs_exports_retrains_and_reports": 90,
+    "test_a_folder_study_runs_exports_retrains_and_reports": 68,
     # Estimated, not yet measured: kills and resumes of checkpointed trials.
     "test_a_killed_trial_goes_on_from_its_last_epoch": 60,
     "test_a_study_keeps_its_best_models_exports_them_and_shows_them": 50,

@@ -181,6 +181,24 @@ def test_a_record_with_other_settings_stops_the_run_and_is_kept(tmp_path):
     assert [p.read_text() for p in superseded] == [before]
 
 
+def test_a_changed_prior_makes_the_search_record_stale_not_the_hand_loops(tmp_path, monkeypatch):
+    import spaces.conv
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    calls: list = []
+    kwargs = {"workdir": work, "command": "test", "settle_seconds": 0, "log": lambda _: None}
+    run_all(_runs(out, seeds=1), runner=fake_runner(calls), **kwargs)
+    # What editing a centre in spaces/conv.py does.
+    prior = dict(spaces.conv.PRIOR)
+    prior["head_units"] = prior["head_units"]._replace(centre=256)
+    monkeypatch.setattr(spaces.conv, "PRIOR", prior)
+    calls.clear()
+    with pytest.raises(RecordConflict, match="search-seed0"):
+        run_all(_runs(out, seeds=1), runner=fake_runner(calls), **kwargs)
+    run_all(_runs(out, seeds=1), runner=fake_runner(calls), replace=True, **kwargs)
+    assert calls == [("search", 0)]
+
+
 def test_a_run_stopped_in_the_middle_leaves_no_record(tmp_path):
     out = tmp_path / "out"
 

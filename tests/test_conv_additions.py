@@ -42,7 +42,8 @@ def test_a_config_with_both_additions_trains_exports_retrains_and_reloads(tmp_pa
         sampler="random",
         pruner="none",
         prior=False,
-        n_trials=2,
+        # The enqueued config only: a random second one can be a big net that takes minutes.
+        n_trials=1,
         max_epochs=2,
         train_subset=600,
         validation_subset=300,
@@ -56,23 +57,18 @@ def test_a_config_with_both_additions_trains_exports_retrains_and_reloads(tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
 
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert [t.state for t in trials] == [TrialState.COMPLETE]
     # The enqueued trial trained the config with both additions and learned: chance is
     # 0.1, and 0.15 is about 3 standard errors above it on 300 validation images.
     assert trials[0].params == EVERYTHING_ON
     assert trials[0].value > 0.15
 
     export = tmp_path / "plus.json"
-    result = run_search(
-        "export", "plus", "--top", "2", "-o", export, "--storage", storage, cwd=tmp_path
-    )
+    result = run_search("export", "plus", "-o", export, "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     bundle = json.loads(export.read_text())
     entry = next(e for e in bundle["trials"] if e["number"] == 0)
     assert entry["config"] == conv.suggest(optuna.trial.FixedTrial(EVERYTHING_ON))
-    # Retrain the config with both additions (the export's best first: keep only trial 0).
-    bundle["trials"] = [entry]
-    export.write_text(json.dumps(bundle))
     out = tmp_path / "retrained"
     result = run_search("retrain", export, "-o", out, "--epochs", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -381,7 +381,7 @@ def test_run_with_gpus_places_each_worker_on_its_gpu(tmp_path):
     study.write_text(
         '[study]\nname = "gpus"\nspace = "dense"\n\n[data]\ndataset = "fashion_mnist"\n'
         "train_subset = 500\nvalidation_subset = 200\n\n"
-        '[trials]\nn_trials = 4\nmax_epochs = 1\npruner = "none"\n'
+        '[trials]\nn_trials = 2\nmax_epochs = 1\npruner = "none"\n'
     )
     storage = f"sqlite:///{tmp_path / 's.db'}"
     result = run_search("run", study, "--gpus", "3,5", "--storage", storage, cwd=tmp_path)

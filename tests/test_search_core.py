@@ -165,6 +165,25 @@ def test_two_workers_draw_different_points():
     assert conv.suggest(first) != conv.suggest(second)
 
 
+def test_studies_with_other_seeds_draw_other_points_in_every_worker():
+    # Worker 1 of the study with seed 0 and worker 0 of the one with seed 1: once the same.
+    draws = []
+    for seed, worker in ((0, 1), (1, 0)):
+        config = _config(seed=seed)
+        storage = optuna.storages.InMemoryStorage()
+        create_study(config, storage, {}, prior_centre=study_prior(config)[1])
+        study = optuna.load_study(
+            study_name=config.name,
+            storage=storage,
+            sampler=make_sampler(config, worker_index=worker),
+        )
+        centre = study.ask()  # the queued centre
+        conv.suggest(centre)
+        study.tell(centre, 0.9)
+        draws.append(conv.suggest(study.ask()))
+    assert draws[0] != draws[1]
+
+
 def test_a_val_loss_study_is_minimized_everywhere():
     config = _config(metric="val_loss")
     assert config.direction == "minimize"
