@@ -180,6 +180,8 @@ def fit(
         validation = (data.val.x, data.val.y)
     return model.fit(
         train,
+        # The stream is shuffled per epoch by `epoch_batches`; Keras would warn it cannot.
+        shuffle=False,
         epochs=epochs,
         initial_epoch=initial_epoch,
         # One pass over the data per epoch; the batches of all epochs come from one stream.
