@@ -296,7 +296,8 @@ def test_a_broken_dataset_exits_2_names_the_path_and_writes_nothing(tmp_path, ca
 @pytest.mark.slow
 def test_a_folder_study_runs_exports_retrains_and_reports(tmp_path):
     data_root = tmp_path / "data"
-    make_folder(data_root / "shapes", per_class=60)
+    # A few hundred RGB PNGs of 20x24 in 3 class folders.
+    make_folder(data_root / "shapes", per_class=100)
     (data_root / "shapes" / "train" / "red" / "Thumbs.db").write_bytes(b"\0")
     work = tmp_path / "work"
     work.mkdir()
@@ -326,9 +327,9 @@ def test_a_folder_study_runs_exports_retrains_and_reports(tmp_path):
     assert report["class_names"] == names
     assert json.loads((out_dir / "classes.json").read_text()) == names
     assert report["input_shape"] == [None, None, 3]
-    # 60 images per class: 12 held out for test, then 10 of the other 48 for validation.
-    assert report["data"]["test_images"] == 36
-    assert report["data"]["validation_images"] == 30 and report["data"]["train_images"] == 114
+    # 100 images per class: 20 held out for test, then 16 of the other 80 for validation.
+    assert report["data"]["test_images"] == 60
+    assert report["data"]["validation_images"] == 48 and report["data"]["train_images"] == 192
 
     result = run_search("report", "folders", "--storage", storage, *data_dir, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
