@@ -25,6 +25,7 @@ from benchmarks.harness import REPO, describe_machine, git_commit, load_average,
 RESULTS = REPO / "benchmarks" / "results"
 RECORD = RESULTS / "long_study.json"
 REPORT = RESULTS / "long_study.md"
+PLOT = RESULTS / "long_study.png"
 STUDY = REPO / "studies" / "conv.toml"
 SEEDS = 2
 
@@ -70,7 +71,62 @@ def reevaluate_best_and_centre(workdir: Path) -> dict[str, Any]:
             for e in done["trials"]
         ],
         "completed_trials": len(ranked),
+        "timeline": timeline(storage),
     }
+
+
+def timeline(storage: Any) -> list[dict[str, Any]]:
+    """Every trial: state, origin, value, size, and its start and end in minutes."""
+    import optuna
+
+    trials = optuna.load_study(study_name="conv", storage=storage).get_trials(deepcopy=False)
+    t0 = min(t.datetime_start for t in trials if t.datetime_start)
+    minutes = lambda d: None if d is None else round((d - t0).total_seconds() / 60, 2)  # noqa: E731
+    return [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "origin": t.user_attrs.get("origin"),
+            "value": t.value,
+            "epochs": len(t.intermediate_values),
+            "n_params": t.user_attrs.get("n_params"),
+            "start_min": minutes(t.datetime_start),
+            "end_min": minutes(t.datetime_complete),
+        }
+        for t in trials
+    ]
+
+
+def plot_timeline(record: dict[str, Any], path: Path) -> None:
+    """Each finished trial's value at its end (by origin), and the best so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in record["result"]["timeline"] if t["value"] is not None and t["end_min"]]
+    done.sort(key=lambda t: t["end_min"])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for origin in sorted({t["origin"] or "?" for t in done}):
+        pts = [t for t in done if (t["origin"] or "?") == origin and t["state"] == "COMPLETE"]
+        ax.scatter([t["end_min"] for t in pts], [t["value"] for t in pts], label=origin, s=25)
+    best, xs, ys = None, [], []
+    for t in done:
+        if t["state"] == "COMPLETE" and (best is None or t["value"] > best):
+            best = t["value"]
+            xs.append(t["end_min"])
+            ys.append(best)
+    if xs:
+        ax.step(xs + [60], ys + [ys[-1]], where="post", color="k", label="best so far")
+    ax.axhline(0.925, ls=":", color="grey")
+    ax.set_xlabel("minutes since the first trial started")
+    ax.set_ylabel("validation accuracy (completed trials)")
+    ax.set_ylim(max(0.85, min([t["value"] for t in done] + [0.9]) - 0.01), None)
+    ax.legend(fontsize=8)
+    ax.set_title("One conv study, 2 workers x 1 thread")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def write_report(record: dict[str, Any]) -> None:
@@ -100,6 +156,16 @@ def write_report(record: dict[str, Any]) -> None:
         else f"The best trial is #{result['best_trial']}, not the prior's centre."
     )
     lines += ["", verdict]
+    if "timeline" in result:
+        plot_timeline(record, PLOT)
+        states = [t["state"] for t in result["timeline"]]
+        lines += [
+            "",
+            f"Trials: {len(states)} started, {states.count('COMPLETE')} complete,"
+            f" {states.count('PRUNED')} pruned, {states.count('FAIL')} failed.",
+            "",
+            f"![completed trials and the best so far]({PLOT.name})",
+        ]
     REPORT.write_text("\n".join(lines) + "\n")
 
 
