@@ -301,9 +301,10 @@ def delete_checkpoint(store: Store, study: str, number: int) -> None:
 def prune_kept(store: Store | None, study: optuna.Study, keep: int) -> list[int]:
     """Remove the kept models of completed trials outside the study's best `keep`.
 
-    Safe with many workers at once: only COMPLETE trials' models are removed, and a trial
-    that completes later only pushes others further down the ranking, so a model removed
-    by one worker is outside the best `keep` by any later count too.
+    Safe with many workers at once: only finished trials' models are removed (a running
+    trial's model, saved just before it completes, stays), and a trial that completes later
+    only pushes others further down the ranking, so a model removed by one worker is
+    outside the best `keep` by any later count too.
 
     Returns:
         The trials whose models remain.
@@ -313,10 +314,12 @@ def prune_kept(store: Store | None, study: optuna.Study, keep: int) -> list[int]
     trials = study.get_trials(deepcopy=False)
     ranked = ranked_trials(trials, study.direction)
     best = {t.number for t in ranked[:keep]}
-    complete = {t.number for t in ranked}
+    # Trials that ended and will never rank: those outside the best, and any that ended
+    # otherwise (a worker that died between saving a model and completing its trial).
+    ended = {t.number for t in trials if t.state.is_finished()} - best
     kept = []
     for number in kept_numbers(store, study.study_name):
-        if number in complete and number not in best:
+        if number in ended:
             store.delete(kept_key(study.study_name, number))
         else:
             kept.append(number)

@@ -246,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
         "--weights",
         action="store_true",
         help="add each exported trial's kept best-epoch model.keras beside the bundle"
-        " (trial-N.keras); a trial without kept weights is an error",
+        " (for -o best.json: best-trial-N.keras); a trial without kept weights is an error",
     )
     _data_dir_flag(p)
     _cache_flag(p)

@@ -289,8 +289,8 @@ class Checkpointer(keras.callbacks.Callback):
                 reasons.append(f"the checkpoint of trial {number} is unusable ({e})"[:300])
                 continue
             self.trial.set_user_attr(RESUMED_ATTR, {"trial": number, "epoch": checkpoint.epoch})
-            if reasons:
-                self.trial.set_user_attr(RESTART_ATTR, "; ".join(reasons))
+            # (A retry inherits its attempt's attributes: an older reason is replaced.)
+            self.trial.set_user_attr(RESTART_ATTR, "; ".join(reasons) if reasons else None)
             return checkpoint.epoch
         self.trial.set_user_attr(RESUMED_ATTR, {"trial": None, "epoch": 0})
         self.trial.set_user_attr(RESTART_ATTR, "; ".join(reasons) + ": started from epoch 1")

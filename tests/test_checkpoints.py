@@ -120,9 +120,12 @@ def test_a_killed_trial_goes_on_from_its_last_epoch(backend, tmp_path, write_stu
     # It ends where an uninterrupted run ends.
     last, uninterrupted = retry.intermediate_values[EPOCHS], whole.intermediate_values[EPOCHS]
     assert abs(last - uninterrupted) <= 0.005, (last, uninterrupted)
-    # Both attempts' checkpoints are gone; the completed trial kept its best epoch's model.
+    # Both attempts' checkpoints are gone; the completed trial kept its best epoch's model,
+    # which scores the validation split as that epoch did.
     assert store.keys("t/checkpoints/") == []
     assert kept_numbers(store, "t") == [retry.number]
+    kept = store.local_path(f"t/kept/trial-{retry.number}.keras")
+    assert abs(_validation_accuracy(kept, train_subset=TRAIN) - retry.value) <= 1e-4
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])
@@ -151,16 +154,17 @@ def test_a_damaged_checkpoint_starts_the_retry_again_with_the_reason(
 
 def test_a_study_keeps_its_best_models_exports_them_and_shows_them(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    study = write_study(n_trials=5, max_epochs=2, pruner="none", sampler="random")
+    # Ranked by validation loss: a trial's kept model is its lowest-loss epoch's.
+    study = write_study(
+        n_trials=5, max_epochs=3, pruner="none", sampler="random", metric="val_loss"
+    )
     result = run_search(
         "run", study, "--workers", "2", "--keep-best", "2", "--storage", storage, cwd=tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
     store = FolderStore(tmp_path / "runs")
     trials = _trials(storage)
-    complete = sorted(
-        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value
-    )
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     # Only the two best completed trials' models remain, and no checkpoint.
     assert kept_numbers(store, "t") == sorted(t.number for t in complete[:2])
     assert store.keys("t/checkpoints/") == []
@@ -184,22 +188,26 @@ def test_a_study_keeps_its_best_models_exports_them_and_shows_them(tmp_path, wri
     for entry in bundle["trials"]:
         model_file = out.parent / entry["weights"]
         assert model_file.name == f"best-trial-{entry['number']}.keras"
-        # The model scores the validation split as the trial's best epoch did.
-        accuracy = _validation_accuracy(model_file)
-        assert abs(accuracy - trials[entry["number"]].value) <= 1e-4
+        # The model scores the validation split as the trial's best epoch (lowest loss) did.
+        trial = trials[entry["number"]]
+        epoch = trial.user_attrs["kept_epoch"]
+        assert trial.user_attrs["history"]["val_loss"][epoch - 1] == pytest.approx(trial.value)
+        best_accuracy = trial.user_attrs["history"]["val_accuracy"][epoch - 1]
+        assert abs(_validation_accuracy(model_file) - best_accuracy) <= 1e-4
 
 
-def _validation_accuracy(model_file: Path) -> float:
+def _validation_accuracy(model_file: Path, *, train_subset: int = 2000) -> float:
     """The saved model's accuracy on the study's validation split, in a new process."""
     code = (
         "import sys, keras\n"
         "from search.data import load_dataset\n"
-        "data = load_dataset('fashion_mnist', train_subset=2000, validation_subset=1000)\n"
+        "data = load_dataset('fashion_mnist', train_subset=int(sys.argv[2]),"
+        " validation_subset=1000)\n"
         "model = keras.models.load_model(sys.argv[1])\n"
         "print(model.evaluate(data.val.x, data.val.y, verbose=0, return_dict=True)['accuracy'])\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(model_file)],
+        [sys.executable, "-c", code, str(model_file), str(train_subset)],
         capture_output=True,
         text=True,
         env=cli_env(),
