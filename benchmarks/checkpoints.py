@@ -96,7 +96,7 @@ def measure_throughput(workdir: Path, name: str, *, epochs: int, threads: int, o
 
 def measure_kill(workdir: Path, *, kill_epoch: int, threads: int) -> dict:
     """Kill the worker halfway through `kill_epoch`; resume; count the epochs trained."""
-    from search.checkpoints import FolderStore, load_checkpoint
+    from search.checkpoints import FolderStore, checkpoint_key, kept_key, load_checkpoint
 
     name = f"kill-{time.time_ns()}"
     epochs = 12
@@ -106,15 +106,21 @@ def measure_kill(workdir: Path, *, kill_epoch: int, threads: int) -> dict:
     store = FolderStore(store_dir)
     worker = subprocess.Popen([*SEARCH, "worker", str(study), "--threads", str(threads)], env=env)
     saved_at = None
+    path = store.local_path(checkpoint_key(name, 0))
+    seen = None
     while worker.poll() is None:
-        checkpoint = load_checkpoint(store, name, 0)
-        if checkpoint is not None and checkpoint.epoch == kill_epoch - 1:
-            if saved_at is None:
+        # Read a checkpoint only when a new one was written (it is a few MiB).
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        if stamp is not None and stamp != seen and saved_at is None:
+            seen = stamp
+            checkpoint = load_checkpoint(store, name, 0)
+            if checkpoint is not None and checkpoint.epoch == kill_epoch - 1:
                 saved_at = time.monotonic()
                 epoch_seconds = checkpoint.state["epoch_seconds"][-1]
-            elif time.monotonic() - saved_at >= epoch_seconds / 2:
-                os.kill(worker.pid, signal.SIGKILL)
-                break
+                checkpoint_bytes = path.stat().st_size
+        if saved_at is not None and time.monotonic() - saved_at >= epoch_seconds / 2:
+            os.kill(worker.pid, signal.SIGKILL)
+            break
         time.sleep(0.5)
     worker.wait()
     killed_at = time.monotonic()
@@ -132,6 +138,9 @@ def measure_kill(workdir: Path, *, kill_epoch: int, threads: int) -> dict:
         "retry_state": retry.state.name,
         "retry_value": retry.value,
         "seconds_from_kill_to_end": round(time.monotonic() - killed_at, 1),
+        # Disk per trial: its checkpoint while it runs, its kept model after.
+        "checkpoint_bytes": checkpoint_bytes,
+        "kept_bytes": store.local_path(kept_key(name, retry.number)).stat().st_size,
     }
 
 
@@ -221,7 +230,10 @@ def write_report(record: dict) -> None:
             f"Killed halfway through epoch {kill['killed_after_epochs'] + 1} of {kill['epochs']};"
             f" the retry went on from {kill['resumed_from']} and trained"
             f" {kill['retry_epochs_trained']} epochs: {kill['epochs_trained_in_all']} epochs"
-            f" trained in all for a {kill['epochs']}-epoch trial (the interrupted one counted).",
+            f" trained in all for a {kill['epochs']}-epoch trial (the interrupted one counted);"
+            f" {kill['seconds_from_kill_to_end']:.0f} s from the kill to the trial's end. The"
+            f" centre's checkpoint: {kill['checkpoint_bytes'] / 2**20:.1f} MiB; its kept model:"
+            f" {kill['kept_bytes'] / 2**20:.1f} MiB.",
         ]
     if "disk" in record:
         disk = record["disk"]
@@ -263,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         if len(record["throughput"]) <= i:
             record["throughput"].append({})
         pair = record["throughput"][i]
-        for label in ("off", "on"):
+        # Alternating which goes first, so a drift of the machine's speed favours neither.
+        for label in ("off", "on") if i % 2 == 0 else ("on", "off"):
             if label not in pair:
                 print(f"pair {i + 1}: checkpoints {label}", flush=True)
                 pair[label] = measure_throughput(

@@ -286,7 +286,7 @@ class Checkpointer(keras.callbacks.Callback):
                     continue
                 self._restore(model, checkpoint)
             except Exception as e:  # unreadable, or not this model's: try an older one
-                reasons.append(f"the checkpoint of trial {number} is unusable ({e})"[:300])
+                reasons.append(f"trial {number}'s checkpoint is unusable ({e})"[:300])
                 continue
             self.trial.set_user_attr(RESUMED_ATTR, {"trial": number, "epoch": checkpoint.epoch})
             # (A retry inherits its attempt's attributes: an older reason is replaced.)

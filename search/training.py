@@ -216,12 +216,14 @@ def save_model(model: keras.Model, path: Path) -> None:
     A trained model may be compiled with this project's own loss (label smoothing,
     `spaces.losses`) or optimizer (transfer's two rates), which a Python without this
     project cannot rebuild. The file holds the same layers and weights compiled with Keras'
-    own pieces instead: sparse categorical cross-entropy (no smoothing), Adam, accuracy.
-    Its predictions are the trained model's; it carries no optimizer state to go on from.
+    own pieces instead: sparse categorical cross-entropy (no smoothing), plain SGD, accuracy.
+    Its predictions are the trained model's; it carries no optimizer state to go on from
+    (plain SGD keeps no state per weight, so the file loads without Keras' warning about
+    optimizer variables; to train it further, compile it with the optimizer you want).
     """
     standalone = keras.Model(model.input, model.output, name=model.name)
     standalone.compile(
-        optimizer=keras.optimizers.Adam(),
+        optimizer=keras.optimizers.SGD(),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
