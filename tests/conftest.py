@@ -29,20 +29,19 @@ TESTS = Path(__file__).resolve().parent
 TEST_HEARTBEAT_INTERVAL, TEST_GRACE_PERIOD = 1, 4
 
 # Seconds that the longest tests took in a run on 2 cores with 3 pytest-xdist workers (a
-# test's first fixture included). Under
-# pytest-xdist (pyproject.toml) they are handed out first, longest first, so that no worker
-# starts one of them while the others run out of tests. The first test of `study_run` goes
+# test's first fixture included). Under pytest-xdist (pyproject.toml) they are handed out
+# first, longest first, so that no worker starts one of them while the others run out of
+# tests. The first test of `study_run` goes
 # early too, as two dozen tests wait for that fixture. A renamed test loses its head start.
 # By test function name (all of a parametrized test's cases).
 LONGEST_FIRST = {
     "test_workers_survive_sigkills_and_a_database_restart": 150,
     "test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them": 100,
-    "test_two_workers_run_a_pruned_study_to_its_budget": 100,
     "test_a_config_with_both_additions_trains_exports_retrains_and_reloads": 95,
     "test_a_killed_trial_goes_on_from_its_last_epoch": 84,
     "test_enqueued_trials_run_first_and_once": 77,
     "test_a_folder_study_runs_exports_retrains_and_reports": 78,
-    "test_recycled_workers_are_replaced_and_draw_new_points": 76,
+    "test_recycled_workers_are_replaced_and_draw_new_points": 60,
     "test_ctrl_c_stops_cleanly_and_the_study_resumes": 70,
     "test_sigkilled_worker_trial_is_failed_and_retried_with_same_params": 67,
     "test_short_transfer_study_runs_through_the_cli": 60,
@@ -200,6 +199,7 @@ class FinishedStudy:
     cwd: Path
     storage: str
     name: str = "t"
+    output: str = ""  # what `search run` printed
 
 
 # The data of `study_run`: small, as its tests check the commands, not the models.
@@ -231,10 +231,10 @@ def study_run(tmp_path_factory) -> FinishedStudy:
         storage = f"sqlite:///{cwd / 'search.db'}"
         result = run_search("run", study, "--workers", "2", "--storage", storage, cwd=cwd)
         assert result.returncode == 0, result.stdout + result.stderr
-        return {"cwd": str(cwd), "storage": storage}
+        return {"cwd": str(cwd), "storage": storage, "output": result.stdout}
 
     made = once_per_run(tmp_path_factory, "study_run", make)
-    return FinishedStudy(Path(made["cwd"]), made["storage"])
+    return FinishedStudy(Path(made["cwd"]), made["storage"], output=made["output"])
 
 
 @dataclass(frozen=True)
