@@ -55,39 +55,38 @@ def _retried(trials) -> set[int]:
     return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
 
 
-def test_two_workers_run_a_pruned_study_to_its_budget(tmp_path, write_study):
-    storage = f"sqlite:///{tmp_path / 'search.db'}"
-    study = write_study(n_trials=14, max_epochs=5, pruner="median")
-    result = run_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    trials = _trials(storage)
-    _assert_budget_exact(trials, 14)
+def test_two_workers_run_a_pruned_study_to_its_budget(study_run):
+    # `study_run`: `search run` with 2 workers, 12 trials of at most 3 epochs, median pruner.
+    s = study_run
+    trials = _trials(s.storage)
+    _assert_budget_exact(trials, 12)
     assert not [t for t in trials if t.state == TrialState.FAIL]
     # The pruner stopped some trials early; their reports stop at the epoch they were pruned.
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    assert pruned and all(len(t.intermediate_values) < 5 for t in pruned)
+    assert pruned and all(len(t.intermediate_values) < 3 for t in pruned)
     # Two processes shared the work.
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     # Live progress and the best trial are shown.
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    assert "14/14 trials done" in result.stdout
-    assert f"best trial of 't': #{best.number}" in result.stdout
-    assert f"val_accuracy {best.value:.4f}" in result.stdout
+    assert "12/12 trials done" in s.output
+    assert f"best trial of 't': #{best.number}" in s.output
+    assert f"val_accuracy {best.value:.4f}" in s.output
     # status shows the same study.
-    status = run_search("status", "t", "--storage", storage, cwd=tmp_path)
+    status = run_search("status", "t", "--storage", s.storage, cwd=s.cwd)
     assert status.returncode == 0 and f"best trial of 't': #{best.number}" in status.stdout
 
 
 def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    study = write_study(n_trials=5, max_epochs=6, train_subset=3000, pruner="none")
+    # (What a retry resumes from: tests/test_checkpoints.py.)
+    study = write_study(n_trials=3, max_epochs=4, train_subset=3000, pruner="none")
     proc = start_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
     victim = _wait_for_trial_mid_training(storage, proc)
     os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     trials = _trials(storage)
-    _assert_budget_exact(trials, 5)
+    _assert_budget_exact(trials, 3)
     killed = trials[victim.number]
     assert killed.state == TrialState.FAIL
     # Retried exactly once, with the same parameters, and the retry finished.
@@ -100,7 +99,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path,
 
 def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    study = write_study(n_trials=4, max_epochs=6, train_subset=3000, pruner="none")
+    study = write_study(n_trials=3, max_epochs=4, train_subset=3000, pruner="none")
     proc = start_search(
         "run", study, "--workers", "2", "--storage", storage, cwd=tmp_path, start_new_session=True
     )
@@ -121,9 +120,14 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming study 't'" in result.stdout
     trials = _trials(storage)
-    _assert_budget_exact(trials, 4)
-    assert trials[queued[0].number].state in DONE
-    assert trials[queued[0].number].params == victim.params
+    _assert_budget_exact(trials, 3)
+    retry = trials[queued[0].number]
+    assert retry.state in DONE and retry.params == victim.params
+    # It went on from the epoch the stopped trial had finished (its checkpoint, written
+    # before the next epoch's first batch, where the stop came).
+    assert retry.user_attrs["resumed_from"]["trial"] == victim.number
+    assert retry.user_attrs["resumed_from"]["epoch"] >= 1
+    assert retry.user_attrs["epochs_trained"] == 4 - retry.user_attrs["resumed_from"]["epoch"]
 
 
 def test_sigterm_to_the_supervisor_stops_its_workers(tmp_path, write_study):
@@ -149,7 +153,7 @@ def test_sigterm_to_the_supervisor_stops_its_workers(tmp_path, write_study):
 
 def test_recycled_workers_are_replaced_and_draw_new_points(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    study = write_study(n_trials=4, max_epochs=1, sampler="random", pruner="none")
+    study = write_study(n_trials=3, max_epochs=1, sampler="random", pruner="none")
     result = run_search(
         "run",
         study,
@@ -163,11 +167,11 @@ def test_recycled_workers_are_replaced_and_draw_new_points(tmp_path, write_study
     )
     assert result.returncode == 0, result.stdout + result.stderr
     trials = _trials(storage)
-    _assert_budget_exact(trials, 4)
+    _assert_budget_exact(trials, 3)
     # A worker process is replaced after each trial, bounding its memory...
-    assert len({t.user_attrs["worker"] for t in trials}) == 4
+    assert len({t.user_attrs["worker"] for t in trials}) == 3
     # ...and each new process seeds its sampler afresh instead of repeating the first point.
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
 
 
 def test_timeout_stops_running_trials_and_queues_them_again(tmp_path, write_study):
