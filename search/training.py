@@ -136,6 +136,39 @@ def epoch_batches(
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
 
 
+def array_batches(
+    x: Any, y: Any, batch_size: int, *, seed: int, first_epoch: int, epochs: int
+) -> tf.data.Dataset:
+    """Batches of in-memory arrays in `epoch_batches`' order, gathered as Keras does its own.
+
+    As in Keras' array adapter, the arrays enter the pipeline as one dataset element beside
+    each batch of positions (not captured by the gathering function), and tf.data's default
+    graph rewrites are off: they would serialize the pipeline, arrays included.
+
+    tf.data's autotuning is off too, with a fixed parallelism and prefetch instead. Its
+    model thread sleeps in periods that double up to a minute, and a deleted iterator waits
+    for the current one to end: 10-45 s at the end of some trials' `fit` in a py-spy dump
+    (`RootDataset::Iterator::~Iterator` waiting on `UnboundedThreadPool`), Keras' own array
+    path included. Gathering a batch from memory needs no tuning.
+    """
+    arrays = tf.data.Dataset.from_tensors((tf.convert_to_tensor(x), tf.convert_to_tensor(y)))
+    positions = epoch_batches(
+        len(x), batch_size, seed=seed, first_epoch=first_epoch, epochs=epochs
+    )
+    batches = tf.data.Dataset.zip(positions, arrays.repeat()).map(
+        lambda i, xy: (tf.gather(xy[0], i), tf.gather(xy[1], i)), num_parallel_calls=2
+    )
+    return untuned(batches.prefetch(2))
+
+
+def untuned(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The dataset without tf.data's autotuning and default graph rewrites (`array_batches`)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.apply_default_optimizations = False
+    return dataset.with_options(options)
+
+
 def fit(
     model: keras.Model,
     config: dict[str, Any],
@@ -167,17 +200,11 @@ def fit(
         )
         validation: Any = data.val.batches(batch_size)
     else:
-        x, y = tf.constant(data.train.x), tf.constant(data.train.y)
-        train = (
-            epoch_batches(len(data.train), batch_size, **order)
-            .map(
-                lambda i: (tf.gather(x, i), tf.gather(y, i)),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
-            .prefetch(tf.data.AUTOTUNE)
+        train = array_batches(data.train.x, data.train.y, batch_size, **order)
+        # Keras would make this pipeline itself, autotuned (see `array_batches`).
+        validation = untuned(
+            tf.data.Dataset.from_tensor_slices((data.val.x, data.val.y)).batch(batch_size)
         )
-        validation = (data.val.x, data.val.y)
     return model.fit(
         train,
         # The stream is shuffled per epoch by `epoch_batches`; Keras would warn it cannot.
@@ -187,7 +214,6 @@ def fit(
         # One pass over the data per epoch; the batches of all epochs come from one stream.
         steps_per_epoch=math.ceil(len(data.train) / batch_size),
         validation_data=validation,
-        validation_batch_size=None if isinstance(data.val, FileSplit) else batch_size,
         callbacks=[keras.callbacks.TerminateOnNaN(), *schedule, *callbacks],
         verbose=verbose,
     )
