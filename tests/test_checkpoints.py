@@ -211,23 +211,17 @@ def test_a_study_keeps_its_best_models_exports_them_and_shows_them(study_run, tm
 def _validation_accuracy(
     model_file: Path, *, train_subset: int, validation_subset: int = VALIDATION
 ) -> float:
-    """The saved model's accuracy on the study's validation split, in a new process."""
-    code = (
-        "import sys, keras\n"
-        "from search.data import load_dataset\n"
-        "data = load_dataset('fashion_mnist', train_subset=int(sys.argv[2]),"
-        " validation_subset=int(sys.argv[3]))\n"
-        "model = keras.models.load_model(sys.argv[1])\n"
-        "print(model.evaluate(data.val.x, data.val.y, verbose=0, return_dict=True)['accuracy'])\n"
+    """The saved model's accuracy on the study's validation split (loaded as a user would;
+    that it needs nothing of this project is `test_a_saved_model_loads_with_plain_keras...`)."""
+    import keras
+
+    from search.data import load_dataset
+
+    data = load_dataset(
+        "fashion_mnist", train_subset=train_subset, validation_subset=validation_subset
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(model_file), str(train_subset), str(validation_subset)],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        check=True,
-    )
-    return float(out.stdout.strip().splitlines()[-1])
+    model = keras.models.load_model(model_file)
+    return model.evaluate(data.val.x, data.val.y, verbose=0, return_dict=True)["accuracy"]
 
 
 # --- standalone models ---------------------------------------------------------------
