@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import warnings
@@ -17,6 +18,15 @@ from pathlib import Path
 import optuna
 
 from search import __version__
+from search.checkpoints import (
+    CHECKPOINTS_ENV,
+    DEFAULT_KEEP_BEST,
+    DEFAULT_LOCATION,
+    DEFAULT_MAX_RETRIES,
+    KEEP_BEST_ENV,
+    MAX_RETRIES_ENV,
+    CheckpointError,
+)
 from search.config import ConfigError, StudyConfig, check_space_options, load_config
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, serve_dashboard
 from search.data import CACHE_MODES, DataError, Dataset, resolve_cache
@@ -33,6 +43,7 @@ from search.study import StudyError
 from spaces import SpaceError
 
 USER_ERRORS = (
+    CheckpointError,
     ConfigError,
     DashboardError,
     DataError,
@@ -56,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _set_log_level(args)
     # Storage options in the environment, where open_storage and the workers find them.
-    for value, name in ((args.heartbeat_interval, HEARTBEAT_ENV), (args.grace_period, GRACE_ENV)):
-        if value:
+    for value, name in (
+        (args.heartbeat_interval, HEARTBEAT_ENV),
+        (args.grace_period, GRACE_ENV),
+        (args.checkpoints, CHECKPOINTS_ENV),
+        (args.keep_best, KEEP_BEST_ENV),
+        (args.max_retries, MAX_RETRIES_ENV),
+    ):
+        if value is not None:
             os.environ[name] = str(value)
     if hasattr(args, "study"):
         _resolve_study_name(parser, args)
@@ -95,6 +112,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds without a heartbeat before a running trial counts as dead and is retried,"
         " more than the interval (default: $SEARCH_GRACE_PERIOD, else 60)",
+    )
+    common.add_argument(
+        "--checkpoints",
+        metavar="LOCATION",
+        help="where running trials save a checkpoint after every epoch and completed trials"
+        " keep their best epoch's model: a folder every worker reaches, s3://BUCKET/PREFIX, or"
+        f" none (default: ${CHECKPOINTS_ENV}, else {DEFAULT_LOCATION}/)",
+    )
+    common.add_argument(
+        "--keep-best",
+        type=_count,
+        metavar="K",
+        help="keep the best-epoch models of the study's best K completed trials, 0 none"
+        f" (default: ${KEEP_BEST_ENV}, else {DEFAULT_KEEP_BEST})",
+    )
+    common.add_argument(
+        "--max-retries",
+        type=_count,
+        metavar="N",
+        help="times a trial whose worker died may be retried from its checkpoint while each"
+        f" retry makes progress (default: ${MAX_RETRIES_ENV}, else {DEFAULT_MAX_RETRIES})",
     )
     common.add_argument(
         "-v",
@@ -203,6 +241,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="re-evaluation trainings at once, each in its own process (default: this"
         " machine's cores divided by the threads)",
+    )
+    p.add_argument(
+        "--weights",
+        action="store_true",
+        help="add each exported trial's kept best-epoch model.keras beside the bundle"
+        " (for -o best.json: best-trial-N.keras); a trial without kept weights is an error",
     )
     _data_dir_flag(p)
     _cache_flag(p)
@@ -325,6 +369,12 @@ def _mixed_precision_flag(p: argparse.ArgumentParser) -> None:
         help="compute in float16 on a GPU (Keras' mixed_float16); ignored, with a warning,"
         " without one",
     )
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
 
 
 def _gpu_number(text: str) -> int:
@@ -454,7 +504,21 @@ def _run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
     )
     _print_best(config.name, storage)
+    _attach_kept(config.name, storage)
     return code
+
+
+def _attach_kept(study_name: str, storage: optuna.storages.BaseStorage) -> None:
+    """Attach the study's kept models to it for the dashboard, and say where they are."""
+    from search.checkpoints import attach_kept, open_store
+
+    store = open_store()
+    numbers = attach_kept(store, optuna.load_study(study_name=study_name, storage=storage))
+    if store is not None and numbers:
+        print(
+            f"kept best-epoch models of trials {numbers} in {store.location}/{study_name}/kept"
+            " (artifacts in the dashboard; `search export --weights` adds them to an export)"
+        )
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -516,6 +580,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
+    from search.checkpoints import artifact_store, open_store
+
     study_name = load_config(args.study_file).name if args.study_file else None
     serve_dashboard(
         _open(args),
@@ -523,6 +589,7 @@ def _dashboard(args: argparse.Namespace) -> int:
         port=args.port,
         study_name=study_name,
         storage_description=redact(storage_url(args.storage)),
+        artifacts=artifact_store(open_store()),
     )
     return 0
 
@@ -599,7 +666,14 @@ def _export(args: argparse.Namespace) -> int:
             cache=resolve_cache(args.cache),
             log=lambda line: print(line, flush=True),
         )
+    weights = _kept_weights(args.study_name, storage, bundle) if args.weights else {}
+    for entry in bundle["trials"]:
+        if entry["number"] in weights:
+            # Relative to the bundle, so the two move together.
+            entry["weights"] = f"{path.stem}-trial-{entry['number']}.keras"
     write_export(bundle, path)
+    for number, source in weights.items():
+        shutil.move(source, path.parent / f"{path.stem}-trial-{number}.keras")
     numbers = [entry["number"] for entry in bundle["trials"]]
     ranked = f", best mean over {args.reevaluate} seeds first," if args.reevaluate else ""
     print(
@@ -607,6 +681,44 @@ def _export(args: argparse.Namespace) -> int:
         f" to {path}"
     )
     return 0
+
+
+def _kept_weights(
+    study_name: str, storage: optuna.storages.BaseStorage, bundle: dict
+) -> dict[int, Path]:
+    """Each exported trial's kept model, fetched to a temporary file beside the bundle.
+
+    Raises:
+        ExportError: an exported trial has no kept model (before anything is written).
+    """
+    import tempfile
+
+    from search.checkpoints import attach_kept, kept_key, kept_numbers, open_store
+
+    store = open_store()
+    if store is None:
+        raise ExportError(
+            "--weights, but checkpoints are off (--checkpoints none): no trial kept weights;"
+            " train the config again with `search retrain` on the export instead"
+        )
+    kept = set(kept_numbers(store, study_name))
+    missing = [e["number"] for e in bundle["trials"] if e["number"] not in kept]
+    if missing:
+        raise ExportError(
+            f"trial{'s' * (len(missing) > 1)} {missing} of {study_name!r} kept no weights in"
+            f" {store.location}/{study_name}/kept (only the best --keep-best completed trials"
+            " do, from this version on): train the config again with `search retrain` on"
+            " the export instead"
+        )
+    scratch = Path(tempfile.mkdtemp(prefix="search-export-"))
+    fetched = {}
+    for entry in bundle["trials"]:
+        target = scratch / f"trial-{entry['number']}.keras"
+        if not store.get(kept_key(study_name, entry["number"]), target):
+            raise ExportError(f"trial {entry['number']}'s kept weights were removed meanwhile")
+        fetched[entry["number"]] = target
+    attach_kept(store, optuna.load_study(study_name=study_name, storage=storage))
+    return fetched
 
 
 def _retrain(args: argparse.Namespace) -> int:

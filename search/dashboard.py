@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
@@ -43,9 +44,15 @@ def serve_dashboard(
     port: int = DEFAULT_PORT,
     study_name: str | None = None,
     storage_description: str,
+    artifacts: Any = None,
 ) -> None:
-    """Serve the dashboard until Ctrl-C; print the URL to open (`study_name`'s page if given)."""
-    server = _bind(storage, host, port)
+    """Serve the dashboard until Ctrl-C; print the URL to open (`study_name`'s page if given).
+
+    Args:
+        artifacts: the Optuna artifact store the kept models are attached to
+            (`search.checkpoints.artifact_store`), so the dashboard lists and serves them.
+    """
+    server = _bind(storage, host, port, artifacts)
     address, bound_port = server.server_address[:2]
     if not ipaddress.ip_address(address).is_loopback:
         print(
@@ -76,8 +83,10 @@ def serve_dashboard(
         server.server_close()
 
 
-def _bind(storage: optuna.storages.BaseStorage, host: str, port: int) -> WSGIServer:
-    app = optuna_dashboard.wsgi(storage)
+def _bind(
+    storage: optuna.storages.BaseStorage, host: str, port: int, artifacts: Any = None
+) -> WSGIServer:
+    app = optuna_dashboard.wsgi(storage, artifact_store=artifacts)
     try:
         # Port 0 takes any free port; the caller reads the bound one from server_address.
         return make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)

@@ -73,6 +73,9 @@ class Export:
             raise ExportError(f"{self.path}: {e}") from None
 
 
+CLASS_NAMES_ATTR = "class_names"
+
+
 def export_best(
     study_name: str, storage: optuna.storages.BaseStorage, *, top: int = 1
 ) -> dict[str, Any]:
@@ -96,6 +99,8 @@ def export_best(
         "metric": definition.study.metric,
         "direction": definition.direction,
         "definition": definition.to_dict(),
+        # What a model's outputs mean, in order (recorded by the study's first worker).
+        "class_names": study.user_attrs.get(CLASS_NAMES_ATTR),
         "versions": versions(),
         "trials": [
             _entry(trial, rank, definition, space)

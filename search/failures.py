@@ -4,11 +4,15 @@
   is not finite, the budget claimed by others) ends FAIL with its `fail_reason`; the study
   goes on and the trial is not retried (its params would fail again).
 - A trial whose worker died (a kill, a crash, a lost machine) stops heartbeating; after the
-  grace period the storage's stale-trial check fails it and queues it again once with the
-  same params (Optuna's `RetryHeartbeatStaleTrialCallback`). Any process that opens the
-  storage runs the check: workers before a trial, `search run`'s supervisor, `search reap`.
+  grace period the storage's stale-trial check fails it and queues it again with the same
+  params (Optuna's `RetryHeartbeatStaleTrialCallback`); the retry goes on from the trial's
+  last checkpoint (`search.checkpoints`). A retry is retried again only if it made
+  progress (saved a checkpoint past the epoch it went on from), at most `max_retries`
+  times in all (--max-retries, SEARCH_MAX_RETRIES, 3). A trial not retried has its
+  checkpoint removed. Any process that opens the storage runs the check: workers before a
+  trial, `search run`'s supervisor, `search reap`.
 - A trial stopped on purpose (Ctrl-C, SIGTERM, the study's timeout) fails with an
-  "Interrupted" reason and is queued again at once by its own worker.
+  "Interrupted" reason and is queued again at once by its own worker, however often.
 - A study with more failed trials than its budget (or 10) stops its workers: something is
   wrong that retrying will not mend.
 """
@@ -19,10 +23,8 @@ import math
 from datetime import datetime
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-# Times a trial whose worker died is queued again with the same params.
-MAX_RETRY = 1
 FAIL_REASON_ATTR = "fail_reason"
 
 
@@ -30,9 +32,35 @@ class TooManyFailures(RuntimeError):
     """A study failed more trials than a worker should keep starting."""
 
 
-def retry_callback() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """What the storage does with a trial found stale: fail it, queue it again once."""
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+class RetryWithProgress:
+    """What the storage does with a trial found stale (already failed): queue it again.
+
+    The first failure is retried; a retry only if it made progress, and at most
+    `max_retries` times in all. A trial given up on has its checkpoints removed.
+    """
+
+    def __init__(self) -> None:
+        self._queue = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from search.checkpoints import checkpoint_key, delete_checkpoint, max_retries, open_store
+
+        store = open_store()
+        earlier = list(trial.system_attrs.get("retry_history", []))
+        # A trial saves a checkpoint only after an epoch it trained: its own is progress.
+        progressed = store is not None and bool(
+            store.keys(checkpoint_key(study.study_name, trial.number))
+        )
+        retry = len(earlier) < max_retries() and (progressed or not earlier)
+        if retry:
+            self._queue(study, trial)
+            return
+        for number in [*earlier, trial.number] if store is not None else []:
+            delete_checkpoint(store, study.study_name, number)
+
+
+def retry_callback() -> RetryWithProgress:
+    return RetryWithProgress()
 
 
 def reap(study: optuna.Study) -> None:
@@ -49,7 +77,7 @@ def fail(trial: optuna.Trial, reason: str) -> float:
 def requeue(study: optuna.Study, number: int) -> None:
     """Queue a stopped trial again with the same params, so stopping loses nothing."""
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    retry_callback()(study, frozen)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, frozen)
 
 
 def check_failures(study_name: str, n_failed: int, n_trials: int) -> None:

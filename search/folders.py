@@ -6,11 +6,11 @@ PATH/train, stratified, with the study's split seed. The split is a function of 
 list and the seed alone, so every worker, re-evaluation and retraining gets the same one and
 nothing needs writing. Class names are the folder names, sorted; labels are their positions.
 
-A split is a file list (`FileSplit`); `batches()` streams it through tf.data: shuffle the images'
-positions, then decode, convert to the study's colour mode and resize to its image size in a
-parallel map (cache "none"), or gather them from the images decoded once (cache "memory": an
-array; "disk": a file mapped into memory); batch, prefetch. The order of the images, and so
-every result, is the same whatever the cache.
+A split is a file list (`FileSplit`); `read()` streams batches of its images' positions
+(shuffled per epoch by `search.training.epoch_batches`) through tf.data: decode, convert to the
+study's colour mode and resize to its image size (cache "none"), or gather them from the images
+decoded once (cache "memory": an array; "disk": a file mapped into memory); prefetch. The
+batches, and so every result, are the same whatever the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,29 +59,36 @@ class FileSplit:
         path = self.paths[int(np.flatnonzero(self.y == label)[0])]
         return read_image(tf.constant(path), self.image_size, self.channels).numpy()
 
-    def batches(self, batch_size: int, *, shuffle_seed: int | None = None) -> tf.data.Dataset:
-        """(images, labels) batches; shuffled anew every epoch when given a seed (training).
+    def batches(self, batch_size: int) -> tf.data.Dataset:
+        """(images, labels) batches in the split's order (validation, test)."""
 
-        What is shuffled is the images' positions (a few bytes each), all of them, before
-        any image is read: the order is a full shuffle, the memory it takes does not grow
-        with the images, and it is the same whatever the cache.
+        def in_order(load: Callable | None) -> tf.data.Dataset:
+            positions = tf.data.Dataset.range(len(self))
+            if load is not None:
+                positions = positions.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+            return positions.batch(batch_size)
+
+        return self.stream(in_order)
+
+    def stream(self, batches: Callable[[Callable | None], tf.data.Dataset]) -> tf.data.Dataset:
+        """(images, labels) batches of the positions `batches` yields, prefetched.
+
+        `batches(load)` makes the batches of positions; with cache "none" it is given `load`,
+        which decodes one image and its label, to map over single positions (in parallel)
+        before they are batched; with a cache, None, and the batches of positions are
+        gathered from the images decoded once. The images, and so every result, are the
+        same whatever the cache.
         """
-        positions = tf.data.Dataset.range(len(self))
-        if shuffle_seed is not None:
-            positions = positions.shuffle(
-                len(self), seed=shuffle_seed, reshuffle_each_iteration=True
-            )
         labels = tf.constant(self.y)
         if self.cache == "none":
             paths = tf.constant(self.paths)
             size, channels = self.image_size, self.channels
-            images = positions.map(
-                lambda i: (read_image(tf.gather(paths, i), size, channels), tf.gather(labels, i)),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            ).batch(batch_size)
+
+            def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                return read_image(tf.gather(paths, i), size, channels), tf.gather(labels, i)
+
+            images = batches(load)
         else:
-            # The decoded images, in memory or in a file mapped into it, gathered per batch.
             decoded = self._decoded
             shape = (None, *self.image_shape)
 
@@ -88,7 +96,7 @@ class FileSplit:
                 x = tf.numpy_function(lambda i: decoded[np.asarray(i)], [i], tf.float32)
                 return tf.ensure_shape(x, shape), tf.gather(labels, i)
 
-            images = positions.batch(batch_size).map(gather)
+            images = batches(None).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         return images.with_options(self._options()).prefetch(tf.data.AUTOTUNE)
 
     @functools.cached_property

@@ -11,6 +11,7 @@ import math
 import os
 import resource
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,12 +23,31 @@ import optuna
 import tensorflow as tf
 
 from search.budget import BudgetClaimed, check_claim
+from search.checkpoints import (
+    RESTART_ATTR,
+    RESUMED_ATTR,
+    Checkpoint,
+    Store,
+    delete_checkpoint,
+    keep_best,
+    kept_key,
+    load_checkpoint,
+    save_checkpoint,
+)
 from search.config import StudyConfig
 from search.data import Dataset
 from search.failures import FAIL_REASON_ATTR, fail
+from search.folders import FileSplit
 from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
 from search.ranking import best_value
-from search.training import describe_device, fit
+from search.training import (
+    ResumablePlateau,
+    describe_device,
+    fit,
+    for_raw_images,
+    learning_rate_callbacks,
+    save_model,
+)
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -97,10 +117,22 @@ class PruningReporter(keras.callbacks.Callback):
 class Objective:
     """Callable for `study.optimize`: trains one config per trial on data loaded once."""
 
-    def __init__(self, config: StudyConfig, space: ModuleType, data: Dataset) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        space: ModuleType,
+        data: Dataset,
+        *,
+        store: Store | None = None,
+    ) -> None:
+        """
+        Args:
+            store: where trials save their checkpoints and kept models (None: nowhere).
+        """
         self.config = config
         self.space = space
         self.data = data
+        self.store = store
         self.metric = config.study.metric
         self.last_trial: int | None = None  # the number of the trial started last
 
@@ -121,7 +153,10 @@ class Objective:
             raise
 
     def _train(self, trial: optuna.Trial) -> float:
-        seed = self.config.study.seed + trial.number
+        retry_of = _retry_history(trial)
+        # A retry trains with the seed of the trial it repeats (which it inherited).
+        seed = trial.user_attrs.get("seed") if retry_of else None
+        seed = self.config.study.seed + trial.number if seed is None else seed
         trial.set_user_attr("seed", seed)
         # Float sums depend on the thread count: retraining reproduces a trial only with its
         # own (0 = TensorFlow's default, all cores).
@@ -147,24 +182,191 @@ class Objective:
             trial.set_user_attr("pruned_reason", f"{n_params} params > max_params {max_params}")
             raise optuna.TrialPruned(f"{n_params} params, more than max_params ({max_params})")
         reporter = PruningReporter(trial, self.metric)
+        schedule = learning_rate_callbacks(config, schedule_epochs=self.config.trials.max_epochs)
+        checkpointer = Checkpointer(
+            self.store,
+            self.config.name,
+            trial,
+            reporter,
+            schedule,
+            self.config.direction,
+            raw_images=self.data.input_shape if isinstance(self.data.train, FileSplit) else None,
+        )
+        # Resumed, the trial goes on as if never stopped: the same batches (an epoch's order
+        # depends on the seed and the epoch alone), dropout masks, weights and optimizer.
+        start_epoch = checkpointer.resume(model, retry_of) if retry_of else 0
         start = time.monotonic()
+        ended = False
         try:
             fit(
                 model,
                 config,
                 self.data,
                 epochs=self.config.trials.max_epochs,
-                callbacks=[reporter],
+                schedule=schedule,
+                initial_epoch=start_epoch,
+                callbacks=[reporter, checkpointer],
                 shuffle_seed=seed,
             )
+            ended = not STOP.is_set()
         finally:
             _record_run(trial, reporter, time.monotonic() - start, self.config.direction)
+            # What this attempt trained (a resumed trial's history has the epochs before).
+            trial.set_user_attr("epochs_trained", len(reporter.history["loss"]) - start_epoch)
+            # A trial stopped on purpose keeps its checkpoint for its retry; one that ended
+            # (completed, pruned, failed) needs it no more. A killed worker runs none of this.
+            if not STOP.is_set():
+                checkpointer.finish(model, kept=ended and not reporter.diverged)
         if STOP.is_set():
             raise Interrupted(f"the worker was stopped at epoch {len(reporter.history['loss'])}")
         if reporter.diverged:
             return fail(trial, reporter.diverged)
         values = reporter.history[self.metric]
         return best_value(values, self.config.direction)
+
+
+def _retry_history(trial: optuna.Trial) -> list[int]:
+    """The trials this one repeats, oldest first (empty: not a retry)."""
+    frozen = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    attrs = next((t.system_attrs for t in frozen if t.number == trial.number), {})
+    return list(attrs.get("retry_history", []))
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """After every epoch, save what the trial needs to go on; resume from what was saved.
+
+    Runs after the PruningReporter, so a checkpoint holds the epoch's history, and a trial
+    pruned at an epoch saves nothing more.
+    """
+
+    def __init__(
+        self,
+        store: Store | None,
+        study: str,
+        trial: optuna.Trial,
+        reporter: PruningReporter,
+        schedule: list[keras.callbacks.Callback],
+        direction: str,
+        raw_images: tuple[int, int, int] | None = None,
+    ) -> None:
+        """
+        Args:
+            raw_images: the input shape of a model trained on image folders, whose kept
+                model takes images of any size (`for_raw_images`).
+        """
+        super().__init__()
+        self.raw_images = raw_images
+        self.store = store
+        self.study = study
+        self.trial = trial
+        self.reporter = reporter
+        self.plateau = next((c for c in schedule if isinstance(c, ResumablePlateau)), None)
+        self.direction = direction
+        self.best_weights: list[Any] | None = None
+        self.best_epoch = 0
+        # Older attempts' checkpoints, removed once this trial has saved its own.
+        self.superseded: list[int] = []
+
+    def resume(self, model: keras.Model, retry_of: list[int]) -> int:
+        """Load the newest checkpoint of the attempts before; return its epoch (0: none).
+
+        Reports its epochs' values again, so the pruner judges the whole curve, and records
+        where the trial went on from (`resumed_from`), or why it starts from epoch 1.
+        """
+        if self.store is None:
+            self.trial.set_user_attr(RESTART_ATTR, "checkpoints are off")
+            return 0
+        self.superseded = list(retry_of)
+        reasons = []
+        for number in reversed(retry_of):
+            try:
+                checkpoint = load_checkpoint(self.store, self.study, number)
+                if checkpoint is None:
+                    reasons.append(f"trial {number} left no checkpoint")
+                    continue
+                self._restore(model, checkpoint)
+            except Exception as e:  # unreadable, or not this model's: try an older one
+                reasons.append(f"trial {number}'s checkpoint is unusable ({e})"[:300])
+                continue
+            self.trial.set_user_attr(RESUMED_ATTR, {"trial": number, "epoch": checkpoint.epoch})
+            # (A retry inherits its attempt's attributes: an older reason is replaced.)
+            self.trial.set_user_attr(RESTART_ATTR, "; ".join(reasons) if reasons else None)
+            return checkpoint.epoch
+        self.trial.set_user_attr(RESUMED_ATTR, {"trial": None, "epoch": 0})
+        self.trial.set_user_attr(RESTART_ATTR, "; ".join(reasons) + ": started from epoch 1")
+        return 0
+
+    def _restore(self, model: keras.Model, checkpoint: Checkpoint) -> None:
+        if checkpoint.params != self.trial.params:
+            raise ValueError("its params differ from this trial's")
+        # All of the model's state: weights, batch norm's statistics, dropout's RNG states.
+        if len(model.variables) != len(checkpoint.weights):
+            raise ValueError("its weights do not fit this model")
+        for variable, value in zip(model.variables, checkpoint.weights, strict=True):
+            variable.assign(value)
+        optimizer = model.optimizer
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        if len(optimizer.variables) != len(checkpoint.optimizer):
+            raise ValueError("its optimizer state does not fit this model's optimizer")
+        for variable, value in zip(optimizer.variables, checkpoint.optimizer, strict=True):
+            variable.assign(value)
+        state = checkpoint.state
+        if self.plateau is not None and state.get("plateau") is not None:
+            self.plateau.restore(state["plateau"])
+        self.best_weights = checkpoint.best_weights or None
+        self.best_epoch = state["best_epoch"]
+        self.reporter.history = {k: list(v) for k, v in state["history"].items()}
+        self.reporter.epoch_end = list(state["epoch_end"])
+        self.reporter.epoch_seconds = list(state["epoch_seconds"])
+        # The earlier epochs, reported again to this trial: its curve has every epoch once.
+        for epoch, value in enumerate(self.reporter.history[self.reporter.metric], start=1):
+            self.trial.report(value, step=epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.store is None or self.reporter.diverged:
+            return
+        values = self.reporter.history[self.reporter.metric]
+        if values.index(best_value(values, self.direction)) == len(values) - 1:
+            self.best_weights = self.model.get_weights()
+            self.best_epoch = len(values)
+        save_checkpoint(
+            self.store,
+            self.study,
+            Checkpoint(
+                trial=self.trial.number,
+                epoch=epoch + 1,
+                params=self.trial.params,
+                weights=[v.numpy() for v in self.model.variables],
+                optimizer=[v.numpy() for v in self.model.optimizer.variables],
+                best_weights=self.best_weights or [],
+                state={
+                    "history": self.reporter.history,
+                    "epoch_end": self.reporter.epoch_end,
+                    "epoch_seconds": self.reporter.epoch_seconds,
+                    "best_epoch": self.best_epoch,
+                    "plateau": None if self.plateau is None else self.plateau.state(),
+                },
+            ),
+        )
+        while self.superseded:
+            delete_checkpoint(self.store, self.study, self.superseded.pop())
+
+    def finish(self, model: keras.Model, *, kept: bool) -> None:
+        """The trial ended: keep its best epoch's model if it completed, drop checkpoints."""
+        if self.store is None:
+            return
+        if kept and self.best_weights is not None and keep_best() > 0:
+            model.set_weights(self.best_weights)
+            if self.raw_images is not None:
+                model = for_raw_images(model, self.raw_images)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.keras"
+                save_model(model, path)
+                self.store.put(kept_key(self.study, self.trial.number), path)
+            self.trial.set_user_attr("kept_epoch", self.best_epoch)
+        for number in [*self.superseded, self.trial.number]:
+            delete_checkpoint(self.store, self.study, number)
 
 
 def _record_origin(trial: optuna.Trial) -> None:

@@ -35,7 +35,13 @@ from search.data import Dataset, Split, load_study_data, load_study_test
 from search.export import Export, ExportError, versions
 from search.folders import FileSplit
 from search.ranking import best_first
-from search.training import describe_device, fit, learning_rate_callbacks
+from search.training import (
+    describe_device,
+    fit,
+    for_raw_images,
+    learning_rate_callbacks,
+    save_model,
+)
 
 # Images per batch when evaluating: large batches are faster and change no result.
 EVAL_BATCH = 1024
@@ -87,12 +93,17 @@ def retrain(
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
     if isinstance(data.train, FileSplit):
-        model = _any_size(model, data.input_shape)
-    model.save(model_path)
+        model = for_raw_images(model, data.input_shape)
+    # Loads with plain Keras anywhere (`save_model`): what a user's serving code does.
+    save_model(model, model_path)
     (out_dir / "classes.json").write_text(json.dumps(list(data.class_names), indent=2) + "\n")
     # The test numbers are those of the saved file: what anyone who loads it will get.
     test_split = load_study_test(definition.data, data_dir=data_dir)
-    test = _evaluate(keras.models.load_model(model_path), test_split)
+    saved = keras.models.load_model(model_path)
+    # Both scored by the saved file, with its plain cross-entropy (no label smoothing), so
+    # their losses compare; the accuracy is the last epoch's.
+    validation = _evaluate(saved, data.val)
+    test = _evaluate(saved, test_split)
     trained = len(history["loss"])
     report = {
         "study": export.bundle["study"],
@@ -114,13 +125,13 @@ def retrain(
             "test_images": int(test["confusion"].sum()),
             "learns_from_validation": False,
         },
-        "validation": {"accuracy": history["val_accuracy"][-1], "loss": history["val_loss"][-1]},
+        "validation": {"accuracy": validation["accuracy"], "loss": validation["loss"]},
         "trial_validation": _trial_validation(entry, trained),
         # Other seeds' validation accuracy (`search export --reevaluate`): the spread the
         # one number above hides.
         "reevaluation": entry.get("reevaluation"),
         "test": {"accuracy": test["accuracy"], "loss": test["loss"]},
-        "gap": history["val_accuracy"][-1] - test["accuracy"],
+        "gap": validation["accuracy"] - test["accuracy"],
         "classes": _per_class(test["confusion"], data.class_names),
         "confusion_matrix": test["confusion"].tolist(),
         "history": history,
@@ -308,25 +319,6 @@ def _build(export: Export, entry: dict[str, Any], data: Dataset, schedule_epochs
             f" space cannot build its config ({e})"
         ) from None
     return model
-
-
-def _any_size(model: keras.Model, input_shape: tuple[int, int, int]) -> keras.Model:
-    """The trained model behind a Resizing to its input size: it takes images of any size.
-
-    Its input is decoded images with the study's channels (1 for grayscale, 3 for rgb) on a
-    0..255 scale, as keras.utils.load_img(path, color_mode=...) gives them; it resizes them
-    as training did (`search.folders.read_image`). It is compiled with the trained model's
-    optimizer, loss and metric, so it saves and loads as one model.
-    """
-    height, width, channels = input_shape
-    inputs = keras.Input(shape=(None, None, channels), name="image")
-    resized = keras.layers.Resizing(height, width, name="resize_to_training_size")(inputs)
-    # A new graph over the trained layers, uncompiled: only the outer model has an optimizer.
-    # (`input` and `output`, not the lists `inputs` and `outputs`: one tensor in, one out.)
-    trained = keras.Model(model.input, model.output, name=model.name)
-    wrapped = keras.Model(inputs, trained(resized), name=f"{model.name}_any_size")
-    wrapped.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
-    return wrapped
 
 
 def _evaluate(model: keras.Model, split: Split | FileSplit) -> dict[str, Any]:

@@ -14,6 +14,9 @@ from search.study import open_study, study_names
 # The trial attributes `search status --format json` gives besides Optuna's own fields.
 JSON_ATTRS = (
     "origin",
+    "resumed_from",
+    "restarted",
+    "epochs_trained",
     "baseline",
     "epochs",
     "best_epoch",
@@ -137,7 +140,13 @@ def trial_note(t: FrozenTrial) -> str:
     if "baseline" in t.user_attrs:
         notes.append(t.user_attrs["baseline"])
     if "failed_trial" in t.system_attrs:
-        notes.append(f"retry of #{t.system_attrs['failed_trial']}")
+        resumed = t.user_attrs.get("resumed_from") or {}
+        went_on = (
+            f" from #{resumed['trial']}'s epoch {resumed['epoch']}"
+            if resumed.get("trial") is not None
+            else ""
+        )
+        notes.append(f"retry of #{t.system_attrs['failed_trial']}{went_on}")
     if t.state == TrialState.FAIL:
         notes.append(t.user_attrs.get("fail_reason", "worker stopped heartbeating"))
     if "pruned_reason" in t.user_attrs:

@@ -20,8 +20,10 @@ import optuna
 from optuna.trial import TrialState
 
 from search.budget import progress
+from search.checkpoints import keep_best, open_store, prune_kept
 from search.config import StudyConfig
 from search.data import Dataset
+from search.export import CLASS_NAMES_ATTR
 from search.failures import check_failures, reap, requeue, requeued_since
 from search.storage import TRANSIENT_ERRORS, describe_error
 from search.study import load_definition, make_pruner, make_sampler
@@ -153,7 +155,18 @@ def run_worker(
             f" ({len(data.train)} train, {len(data.val)} validation images);"
             f" training on {describe_device()}"
         )
-        objective = Objective(config, load_space(config.study.space), data)
+        if CLASS_NAMES_ATTR not in study.user_attrs:
+            # What the models' outputs mean, for exports (and their kept models) to carry.
+            study.set_user_attr(CLASS_NAMES_ATTR, list(data.class_names))
+        store = open_store()
+        keep = keep_best()
+        objective = Objective(config, load_space(config.study.space), data, store=store)
+
+        def prune(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            # After the trial is told: a completed trial counts in the ranking.
+            if trial.state == TrialState.COMPLETE:
+                prune_kept(store, study, keep)
+
         n_run = 0
         while (max_trials is None or n_run < max_trials) and not STOP.is_set():
             state = progress(study)
@@ -167,7 +180,7 @@ def run_worker(
                 time.sleep(TAIL_WAIT_SECONDS)
                 continue
             try:
-                study.optimize(objective, n_trials=1)
+                study.optimize(objective, n_trials=1, callbacks=[prune])
             except Interrupted:
                 requeue(study, objective.last_trial)
                 # The supervisor's SIGTERM at the deadline may come before this timer fires.

@@ -25,6 +25,7 @@ from conftest import REPO, cli_env, run_search, search_cmd, start_search, study_
 from optuna.trial import TrialState
 from pgserver import PostgresServer
 
+from search.checkpoints import FolderStore, kept_numbers
 from search.config import load_config
 from search.dashboard import PROXY_SECTION
 from search.storage import open_storage
@@ -292,6 +293,12 @@ def test_browser_watches_a_real_run_whose_workers_never_lock(tmp_path: Path, pag
         poller.join()
         page.goto(dashboard.url)
         expect(page.get_by_text("Best Trial")).to_be_visible()
+        # The best trials' kept models, attached when the run ended, as the study's artifacts.
+        kept = kept_numbers(FolderStore(tmp_path / "runs"), "t")
+        assert kept
+        expect(page.get_by_text("Study Artifacts")).to_be_visible()
+        for number in kept:
+            expect(page.get_by_text(f"trial-{number}-model.keras")).to_be_visible()
         page.screenshot(path=SCREENSHOTS / "live-study.png", full_page=True)
     assert run.returncode == 0, output
     # The API answered throughout, up to the last trial.

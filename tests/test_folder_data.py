@@ -143,8 +143,15 @@ def test_files_that_are_not_images_are_skipped_and_counted(tmp_path, capsys):
 # --- the stream ------------------------------------------------------------------------
 
 
-def _epoch(split, seed):
-    batches = list(split.batches(16, shuffle_seed=seed).as_numpy_iterator())
+def _epoch(split, seed, epoch=0):
+    from search.training import epoch_batches
+
+    stream = split.stream(
+        lambda load: epoch_batches(
+            len(split), 16, seed=seed, first_epoch=epoch, epochs=epoch + 1, load=load
+        )
+    )
+    batches = list(stream.as_numpy_iterator())
     return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
 
 
@@ -161,9 +168,7 @@ def test_batches_are_resized_converted_and_the_same_whatever_the_cache(tmp_path)
             assert np.array_equal(cached_y, y) and np.array_equal(cached_x, x)
     # Another seed, another order; every epoch a new one.
     assert not np.array_equal(_epoch(_load(root).train, seed=4)[1], y)
-    epochs = _load(root).train.batches(len(y), shuffle_seed=3).repeat(2).as_numpy_iterator()
-    first, second = (labels for _, labels in epochs)
-    assert not np.array_equal(first, second)
+    assert not np.array_equal(_epoch(_load(root).train, seed=3, epoch=1)[1], y)
     # Grayscale: one channel.
     grey, _ = _epoch(_load(root, color_mode="grayscale").train, seed=3)
     assert grey.shape[1:] == (16, 16, 1)

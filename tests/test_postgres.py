@@ -128,7 +128,7 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
             assert time.monotonic() < deadline, _stuck(trials, fleet, logs, reaper)
             if len(killed) < 2:
                 # Kill a worker that is in the middle of a trial, and start its replacement.
-                # Not a retry's: a retried trial is not retried again (MAX_RETRY is 1).
+                # Not a retry's: each killed trial is then retried exactly once.
                 for t in trials:
                     pid = int(t.user_attrs.get("worker", "x:0").split(":")[1])
                     mid = t.state == TrialState.RUNNING and len(t.intermediate_values) == 1

@@ -78,6 +78,7 @@ def test_two_workers_run_a_pruned_study_to_its_budget(study_run):
 
 def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 'search.db'}"
+    # (What a retry resumes from: tests/test_checkpoints.py.)
     study = write_study(n_trials=3, max_epochs=4, train_subset=3000, pruner="none")
     proc = start_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
     victim = _wait_for_trial_mid_training(storage, proc)
@@ -120,8 +121,13 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     assert "resuming study 't'" in result.stdout
     trials = _trials(storage)
     _assert_budget_exact(trials, 3)
-    assert trials[queued[0].number].state in DONE
-    assert trials[queued[0].number].params == victim.params
+    retry = trials[queued[0].number]
+    assert retry.state in DONE and retry.params == victim.params
+    # It went on from the epoch the stopped trial had finished (its checkpoint, written
+    # before the next epoch's first batch, where the stop came).
+    assert retry.user_attrs["resumed_from"]["trial"] == victim.number
+    assert retry.user_attrs["resumed_from"]["epoch"] >= 1
+    assert retry.user_attrs["epochs_trained"] == 4 - retry.user_attrs["resumed_from"]["epoch"]
 
 
 def test_sigterm_to_the_supervisor_stops_its_workers(tmp_path, write_study):

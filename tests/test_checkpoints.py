@@ -1,0 +1,335 @@
+"""Checkpoints with real kills: a SIGKILLed trial goes on from its last epoch, on SQLite and
+PostgreSQL; kept models are bounded and load with plain Keras."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from conftest import (
+    STUDY_RUN_TRAIN,
+    STUDY_RUN_VALIDATION,
+    cli_env,
+    run_search,
+    search_cmd,
+)
+from optuna.trial import TrialState
+from pgserver import PostgresServer
+
+from search.checkpoints import FolderStore, checkpoint_key, kept_numbers, load_checkpoint
+from search.storage import open_storage
+
+pytestmark = pytest.mark.slow
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+EPOCHS = 6
+TRAIN, VALIDATION = 3000, 1000
+
+
+@contextlib.contextmanager
+def _storage_url(backend: str, tmp_path: Path):
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'search.db'}"
+    else:
+        with PostgresServer() as pg:
+            yield pg.url
+
+
+def _study(write_study, name: str = "t", **keys: Any) -> Path:
+    # The dense prior's centre (trial 0, with dropout) on a subset: about a second per epoch,
+    # long enough to kill it between two checkpoints.
+    return write_study(
+        f"{name}.toml",
+        **{
+            "name": name,
+            "space": "dense",
+            "n_trials": 1,
+            "max_epochs": EPOCHS,
+            "train_subset": TRAIN,
+            "validation_subset": VALIDATION,
+            "pruner": "none",
+        }
+        | keys,
+    )
+
+
+def _worker(study: Path, storage: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        search_cmd("worker", study, "--storage", storage, "--threads", "1"),
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _kill_after_checkpoint(proc: subprocess.Popen, store: FolderStore, epoch: int) -> None:
+    """SIGKILL the worker once trial 0's checkpoint holds `epoch` epochs."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            checkpoint = load_checkpoint(store, "t", 0)
+        except ValueError:  # never half-written: would fail the test below
+            raise
+        if checkpoint is not None and checkpoint.epoch >= epoch:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            assert checkpoint.epoch == epoch, "the worker outran the test"
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of epoch {epoch} within 300 s")
+
+
+def _trials(storage_url: str, name: str = "t"):
+    storage = open_storage(storage_url)
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    return output
+
+
+# Each store on one backend, and ranked by each metric: a trial's kept model is its best
+# epoch's by the study's metric (the highest accuracy, or the lowest loss).
+@pytest.mark.parametrize(
+    "backend, metric", [("sqlite", "val_accuracy"), ("postgresql", "val_loss")]
+)
+def test_a_killed_trial_goes_on_from_its_last_epoch(backend, metric, tmp_path, write_study):
+    store = FolderStore(tmp_path / "runs")
+    with _storage_url(backend, tmp_path) as storage:
+        study = _study(write_study, metric=metric)
+        _kill_after_checkpoint(_worker(study, storage, tmp_path), store, epoch=3)
+        # A new worker finds the trial stale, queues its retry and runs it.
+        _finish(_worker(study, storage, tmp_path))
+        killed, retry = _trials(storage)
+        # An uninterrupted run of the same params and seed, for comparison.
+        _finish(_worker(_study(write_study, name="u", metric=metric), storage, tmp_path))
+        (whole,) = _trials(storage, "u")
+    assert killed.state == TrialState.FAIL
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.system_attrs["failed_trial"] == 0
+    assert retry.user_attrs["resumed_from"] == {"trial": 0, "epoch": 3}
+    assert retry.user_attrs["restarted"] is None
+    # The retry's curve has every epoch once; the first three are the killed trial's.
+    assert sorted(retry.intermediate_values) == list(range(1, EPOCHS + 1))
+    assert [retry.intermediate_values[e] for e in (1, 2, 3)] == [
+        killed.intermediate_values[e] for e in (1, 2, 3)
+    ]
+    # Epochs trained in all: the killed trial's finished ones, the one it was in, the retry's.
+    trained = len(killed.user_attrs["history"]["loss"]) + 1 + retry.user_attrs["epochs_trained"]
+    assert retry.user_attrs["epochs_trained"] == EPOCHS - 3 and trained <= EPOCHS + 1
+    # It ends where an uninterrupted run ends (accuracy within half a point).
+    last = retry.user_attrs["history"]["val_accuracy"][-1]
+    uninterrupted = whole.user_attrs["history"]["val_accuracy"][-1]
+    assert abs(last - uninterrupted) <= 0.005, (last, uninterrupted)
+    # Both attempts' checkpoints are gone; the completed trial kept its best epoch's model,
+    # which scores the validation split as that epoch did.
+    assert store.keys("t/checkpoints/") == []
+    assert kept_numbers(store, "t") == [retry.number]
+    epoch = retry.user_attrs["kept_epoch"]
+    assert retry.user_attrs["history"][metric][epoch - 1] == pytest.approx(retry.value)
+    kept = store.local_path(f"t/kept/trial-{retry.number}.keras")
+    accuracy = _validation_accuracy(kept, train_subset=TRAIN)
+    assert abs(accuracy - retry.user_attrs["history"]["val_accuracy"][epoch - 1]) <= 1e-4
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_a_damaged_checkpoint_starts_the_retry_again_with_the_reason(
+    damage, tmp_path, write_study
+):
+    store = FolderStore(tmp_path / "runs")
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    study = _study(write_study, max_epochs=2)
+    _kill_after_checkpoint(_worker(study, storage, tmp_path), store, epoch=1)
+    path = store.local_path(checkpoint_key("t", 0))
+    if damage == "corrupt":
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        path.unlink()
+    _finish(_worker(study, storage, tmp_path))
+    _, retry = _trials(storage)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from"] == {"trial": None, "epoch": 0}
+    expected = "trial 0's checkpoint is unusable" if damage == "corrupt" else "trial 0 left no"
+    assert retry.user_attrs["restarted"].startswith(expected)
+    assert retry.user_attrs["restarted"].endswith("started from epoch 1")
+    assert retry.user_attrs["epochs_trained"] == 2
+
+
+def test_a_study_keeps_its_best_models_exports_them_and_shows_them(study_run, tmp_path):
+    # `study_run`: `search run`, 2 workers, 12 trials, the default store (runs/) and keep-best (3).
+    s = study_run
+    store = FolderStore(s.cwd / "runs")
+    trials = _trials(s.storage)
+    complete = sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value
+    )
+    assert len(complete) > 3
+    # Only the three best completed trials' models remain, and no checkpoint.
+    assert kept_numbers(store, "t") == sorted(t.number for t in complete[:3])
+    assert store.keys("t/checkpoints/") == []
+    # They are the study's artifacts, as the dashboard lists them.
+    study_obj = optuna.load_study(study_name="t", storage=open_storage(s.storage))
+    names = {m.filename for m in optuna.artifacts.get_all_artifact_meta(study_obj)}
+    assert names == {f"trial-{t.number}-model.keras" for t in complete[:3]}
+    # A trial without kept weights: exit 2, pointing at retrain, nothing written.
+    out = tmp_path / "export" / "best.json"
+    refused = run_search(
+        "export", "t", "--top", "4", "--weights", "-o", out, "--storage", s.storage, cwd=s.cwd
+    )
+    assert refused.returncode == 2 and "search retrain" in refused.stderr
+    assert not out.parent.exists()
+    # The best two, with their models beside the bundle.
+    exported = run_search(
+        "export", "t", "--top", "2", "--weights", "-o", out, "--storage", s.storage, cwd=s.cwd
+    )
+    assert exported.returncode == 0, exported.stderr
+    bundle = json.loads(out.read_text())
+    for entry in bundle["trials"]:
+        model_file = out.parent / entry["weights"]
+        assert model_file.name == f"best-trial-{entry['number']}.keras"
+        # The model scores the validation split as the trial's best epoch did.
+        accuracy = _validation_accuracy(
+            model_file, train_subset=STUDY_RUN_TRAIN, validation_subset=STUDY_RUN_VALIDATION
+        )
+        assert abs(accuracy - trials[entry["number"]].value) <= 1e-4
+
+
+def _validation_accuracy(
+    model_file: Path, *, train_subset: int, validation_subset: int = VALIDATION
+) -> float:
+    """The saved model's accuracy on the study's validation split (loaded as a user would;
+    that it needs nothing of this project is `test_a_saved_model_loads_with_plain_keras...`)."""
+    import keras
+
+    from search.data import load_dataset
+
+    data = load_dataset(
+        "fashion_mnist", train_subset=train_subset, validation_subset=validation_subset
+    )
+    model = keras.models.load_model(model_file)
+    return model.evaluate(data.val.x, data.val.y, verbose=0, return_dict=True)["accuracy"]
+
+
+# --- standalone models ---------------------------------------------------------------
+
+PLAIN_KERAS = """
+import sys
+import keras
+import numpy as np
+model = keras.models.load_model(sys.argv[1])
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+mine = sorted(m for m in sys.modules if m.split(".")[0] in ("search", "spaces"))
+assert not mine, mine
+"""
+
+
+@pytest.mark.parametrize(
+    "space, changes",
+    [
+        ("dense", {}),
+        ("conv", {"label_smoothing": 0.1}),
+        ("transfer", {}),
+    ],
+)
+def test_a_saved_model_loads_with_plain_keras_and_predicts_the_same(
+    space, changes, tmp_path, small_data
+):
+    import keras
+
+    from search.prior import resolve_prior
+    from search.training import save_model
+    from spaces import load_space
+
+    module = load_space(space)
+    _, centre = resolve_prior(module, {}, source="test")
+    # The space's fixed settings; a transfer backbone without ImageNet weights (no download).
+    options = getattr(module, "OPTIONS", {}) | ({"weights": "none"} if space == "transfer" else {})
+    config = module.suggest(optuna.trial.FixedTrial(centre)) | options | changes
+    keras.utils.set_random_seed(0)
+    model = module.build(config, small_data.input_shape, small_data.num_classes)
+    # Trained a little (its optimizer built, its loss used), on 128 images: it is the file
+    # that is tested, not the model.
+    model.fit(small_data.train.x[:128], small_data.train.y[:128], epochs=1, verbose=0)
+    images = small_data.val.x[:64]
+    expected = model.predict(images, verbose=0)
+    save_model(model, tmp_path / "model.keras")
+    np.save(tmp_path / "x.npy", images)
+    # A Python with Keras and NumPy, but not this project (-I: no PYTHONPATH, no cwd).
+    subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            PLAIN_KERAS,
+            str(tmp_path / "model.keras"),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+# --- which failed trials come back --------------------------------------------------
+
+
+def _failed(study: optuna.Study, retry_history: list[int]) -> optuna.trial.FrozenTrial:
+    attrs = (
+        {"failed_trial": retry_history[0], "retry_history": retry_history} if retry_history else {}
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params={"x": 1.0},
+            distributions={"x": optuna.distributions.FloatDistribution(0, 2)},
+            system_attrs=attrs,
+        )
+    )
+    return study.get_trials(deepcopy=False)[-1]
+
+
+def test_a_retry_comes_back_while_it_makes_progress_up_to_the_limit(tmp_path, monkeypatch):
+    from search.checkpoints import Checkpoint, save_checkpoint
+    from search.failures import retry_callback
+
+    monkeypatch.setenv("SEARCH_CHECKPOINTS", str(tmp_path / "runs"))
+    monkeypatch.setenv("SEARCH_MAX_RETRIES", "2")
+    store = FolderStore(tmp_path / "runs")
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
+
+    def retried(trial) -> bool:
+        before = len(study.get_trials(states=(TrialState.WAITING,)))
+        retry_callback()(study, trial)
+        return len(study.get_trials(states=(TrialState.WAITING,))) > before
+
+    def progress(number: int) -> None:
+        save_checkpoint(store, "s", Checkpoint(number, 1, {}, [], [], [], {}))
+
+    # A first failure comes back, checkpoint or not.
+    assert retried(_failed(study, []))
+    # A retry that saved no checkpoint of its own made no progress: given up.
+    assert not retried(_failed(study, [0]))
+    # One that did comes back, up to the limit of retries in all.
+    # (trials 0-2 so far, and the WAITING retry of 0 is trial 1.)
+    progress(3)
+    assert retried(_failed(study, [0]))
+    progress(5)
+    assert not retried(_failed(study, [0, 3]))
+    # Given up on: every attempt's checkpoint is removed.
+    assert store.keys("s/checkpoints/") == []
