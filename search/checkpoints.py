@@ -151,12 +151,17 @@ class S3Store(Store):
     def get(self, key: str, path: Path) -> bool:
         from botocore.exceptions import ClientError
 
+        # One GET gives one whole version of the object, even while a worker puts a newer
+        # one (boto3's download_file reads in ranges and fails if the object changes).
         try:
-            self.client.download_file(self.bucket, self._key(key), str(path))
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 return False
             raise
+        with open(path, "wb") as f:
+            for chunk in response["Body"].iter_chunks(1 << 20):
+                f.write(chunk)
         return True
 
     def delete(self, key: str) -> None:
