@@ -158,11 +158,13 @@ def write_report(record: dict[str, Any]) -> None:
     lines += ["", verdict]
     if "timeline" in result:
         plot_timeline(record, PLOT)
-        states = [t["state"] for t in result["timeline"]]
+        # Trials stopped at the deadline end FAIL and come back as WAITING retries.
+        states = [t["state"] for t in result["timeline"] if t["state"] != "WAITING"]
         lines += [
             "",
             f"Trials: {len(states)} started, {states.count('COMPLETE')} complete,"
-            f" {states.count('PRUNED')} pruned, {states.count('FAIL')} failed.",
+            f" {states.count('PRUNED')} pruned, {states.count('FAIL')} failed or stopped at"
+            " the deadline.",
             "",
             f"![completed trials and the best so far]({PLOT.name})",
         ]
