@@ -17,7 +17,14 @@ from optuna.trial import TrialState
 from search.ranking import best_trial
 
 # Keys that may change between runs of one study; anything else makes it another study.
-BUDGET_KEYS = ("n_trials", "timeout_minutes")
+BUDGET_KEYS = ("n_trials", "timeout_minutes", "trial_minutes", "max_epoch_ratio")
+# What a trial records of its time (`search.pacing`, `search.objective`): the epochs it
+# planned after its first, why fewer than max_epochs, and, if the run's deadline stopped it
+# after an epoch, how far it got ({"epochs": k, "planned": n}: it ends COMPLETE with its
+# best epoch).
+PLANNED_ATTR = "planned_epochs"
+PLAN_NOTE_ATTR = "plan_note"
+DEADLINE_ATTR = "stopped_at_deadline"
 # Seconds a dead worker's failed trial keeps its place in the budget while its retry is
 # being queued (Optuna fails the trial first, then queues the retry).
 RETRY_PENDING_SECONDS = 60

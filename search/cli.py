@@ -146,7 +146,8 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet",
         action="count",
         default=0,
-        help="log less: -q warnings and errors only, -qq errors only",
+        help="log less: -q warnings and errors only (`search run`: its final line only),"
+        " -qq errors only",
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -259,6 +260,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=int, help="which exported trial (default: the best)")
     p.add_argument("--epochs", type=_positive_int, help="default: the trial's best epoch")
     p.add_argument("--seed", type=int, help="default: the trial's seed")
+    p.add_argument(
+        "--from-weights",
+        action="store_true",
+        help="test the trial's kept best-epoch model (exported with `search export --weights`)"
+        " instead of training it again: the model retraining would reproduce, in seconds",
+    )
     p.add_argument(
         "--threads", type=_positive_int, help="TensorFlow threads (default: the trial's)"
     )
@@ -405,7 +412,7 @@ def _existing_path(text: str) -> Path:
 
 
 def _prepare(
-    args: argparse.Namespace, *, trains: bool = False
+    args: argparse.Namespace, *, trains: bool = False, quiet: bool = False
 ) -> tuple[StudyConfig, object, Dataset]:
     """Validate a study file, its space and its dataset, then create or check the study.
 
@@ -413,6 +420,7 @@ def _prepare(
 
     Args:
         trains: this process goes on to train (a worker); else it leaves the GPUs alone.
+        quiet: say nothing (`search run -q`).
     """
     from search.data import load_study_data
     from search.study import create_study, enqueue_exported, study_prior
@@ -444,6 +452,8 @@ def _prepare(
         config, storage, dict(space.BASELINES), prior_centre=prior_centre
     )
     n_queued = enqueue_exported(study, exported)
+    if quiet:
+        return config, storage, data
     n = len(study.get_trials(deepcopy=False))
     print(
         f"{'created' if created else 'resuming'} study {config.name!r}"
@@ -472,6 +482,7 @@ def _open(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from search.progress import Display
     from search.worker import supervise
 
     if args.gpus and args.workers:
@@ -482,7 +493,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers_per_gpu and not args.gpus:
         raise ConfigError("--workers-per-gpu needs --gpus")
     n_workers = len(args.gpus) * (args.workers_per_gpu or 1) if args.gpus else args.workers or 1
-    config, storage, _ = _prepare(args)
+    config, storage, _ = _prepare(args, quiet=args.quiet > 0)
     threads = args.threads or _default_threads(n_workers)
     worker_args = ["--study-name", config.name, "--threads", str(threads)]
     if args.storage:
@@ -502,7 +513,10 @@ def _run(args: argparse.Namespace) -> int:
         n_workers=n_workers,
         log_dir=RUNS_DIR / config.name / "logs",
         gpus=args.gpus,
+        display=Display(quiet=args.quiet > 0),
     )
+    if args.quiet:
+        return code
     _print_best(config.name, storage)
     _attach_kept(config.name, storage)
     return code
@@ -522,7 +536,7 @@ def _attach_kept(study_name: str, storage: optuna.storages.BaseStorage) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from search.objective import STOP, Interrupted
+    from search.pacing import STOP, Interrupted
     from search.study import load_definition
     from search.worker import TIME_UP, configure_device, run_worker
 
@@ -745,6 +759,7 @@ def _retrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         data_dir=args.data_dir,
         cache=cache,
+        from_weights=args.from_weights,
     )
     return 0
 

@@ -51,6 +51,12 @@ class TrialsSection:
     n_trials: int
     max_epochs: int
     timeout_minutes: float | None = None
+    # A trial's wall-clock budget: after its first epoch it plans as many epochs as fit
+    # (max_epochs at most), and its learning-rate schedule ends with them (`search.pacing`).
+    trial_minutes: float | None = None
+    # An epoch projected to cost more than this many times the study's typical epoch ends
+    # its trial as pruned, "too costly", within seconds (`search.pacing`).
+    max_epoch_ratio: float = 8.0
     sampler: str = "tpe"
     pruner: str = "successive_halving"
     # The epochs of successive halving's first rung (None: max_epochs / 9 rounded up, so
@@ -122,6 +128,10 @@ def _positive(v: float) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
+def _above_one(v: float) -> str | None:
+    return None if v > 1 else "must be > 1"
+
+
 def _one_of(*choices: str):
     def check(v: str) -> str | None:
         return None if v in choices else f"must be one of {', '.join(map(repr, choices))}"
@@ -167,6 +177,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "n_trials": (int, _at_least(1)),
         "max_epochs": (int, _at_least(1)),
         "timeout_minutes": (float, _positive),
+        "trial_minutes": (float, _positive),
+        "max_epoch_ratio": (float, _above_one),
         "sampler": (str, _one_of(*SAMPLERS)),
         "pruner": (str, _one_of(*PRUNERS)),
         "min_epochs": (int, _at_least(1)),

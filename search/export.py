@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search import __version__
-from search.budget import progress
+from search.budget import DEADLINE_ATTR, PLANNED_ATTR, progress
 from search.config import ConfigError, StudyConfig, from_dict
 from search.ranking import ranked_trials
 from search.study import load_definition
@@ -235,6 +235,10 @@ def _entry(
         "threads": attrs.get("threads"),
         "n_params": attrs.get("n_params"),
         "seconds": attrs.get("seconds"),
+        # The epochs its schedule spanned (retraining follows it), and how far the run's
+        # deadline let it get, if it stopped it.
+        "planned_epochs": attrs.get(PLANNED_ATTR),
+        "stopped_at_deadline": attrs.get(DEADLINE_ATTR),
         "warning": attrs.get("warning"),
         "params": trial.params,
         "distributions": {

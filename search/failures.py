@@ -25,6 +25,8 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.budget import DEADLINE_ATTR
+
 FAIL_REASON_ATTR = "fail_reason"
 
 
@@ -87,6 +89,48 @@ def check_failures(study_name: str, n_failed: int, n_trials: int) -> None:
             f"study {study_name!r} has {n_failed} failed trials, more than its budget:"
             " see the trials' fail_reason (search status)"
         )
+
+
+def fail_running(study: optuna.Study, workers: set[str], reason: str) -> list[int]:
+    """Fail the RUNNING trials of these workers ("host:pid") and queue them again.
+
+    For workers that were killed: their trials would otherwise stay RUNNING until some
+    process's stale-trial check, long after `search run` returned.
+    """
+    from optuna.trial import Trial
+
+    numbers = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("worker") in workers:
+            # The trial's id is not public on a FrozenTrial; Trial takes it to write attrs.
+            Trial(study, t._trial_id).set_user_attr(FAIL_REASON_ATTR, reason)
+            study.tell(t.number, state=TrialState.FAIL)
+            requeue(study, t.number)
+            numbers.append(t.number)
+    return numbers
+
+
+def deadline_summary(study: optuna.Study, deadline: float) -> str:
+    """What the deadline did to the trials running then: completed with their best epoch
+    (they had trained one), or stopped and queued again."""
+    since = datetime.fromtimestamp(deadline)
+    completed = [
+        f"#{t.number} after {t.user_attrs[DEADLINE_ATTR]['epochs']} of"
+        f" {t.user_attrs[DEADLINE_ATTR]['planned']} epochs"
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if DEADLINE_ATTR in t.user_attrs
+        and t.datetime_complete is not None
+        and t.datetime_complete >= since
+    ]
+    requeued = requeued_since(study, deadline)
+    parts = []
+    if completed:
+        parts.append(
+            f"{len(completed)} running trial{'s' * (len(completed) != 1)} stopped at the"
+            f" deadline and completed with its best epoch ({', '.join(completed)})"
+        )
+    parts.append(f"{requeued} running trial{'s' * (requeued != 1)} stopped and queued again")
+    return "; ".join(parts)
 
 
 def requeued_since(study: optuna.Study, deadline: float) -> int:

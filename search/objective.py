@@ -12,8 +12,8 @@ import os
 import resource
 import socket
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,7 +22,7 @@ import keras
 import optuna
 import tensorflow as tf
 
-from search.budget import BudgetClaimed, check_claim
+from search.budget import DEADLINE_ATTR, PLANNED_ATTR, BudgetClaimed, check_claim
 from search.checkpoints import (
     RESTART_ATTR,
     RESUMED_ATTR,
@@ -38,9 +38,11 @@ from search.config import StudyConfig
 from search.data import Dataset
 from search.failures import FAIL_REASON_ATTR, fail
 from search.folders import FileSplit
+from search.pacing import Interrupted, Pacer, typical_epoch_seconds
 from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
 from search.ranking import best_value
 from search.training import (
+    Horizon,
     ResumablePlateau,
     describe_device,
     fit,
@@ -52,25 +54,27 @@ from search.training import (
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-# Set by a worker's SIGINT/SIGTERM handler. Trials stop at the next batch boundary: an
-# exception thrown asynchronously into TensorFlow can corrupt its state instead.
-STOP = threading.Event()
-
-
-class Interrupted(Exception):
-    """Raised when a worker was asked to stop in the middle of a trial."""
-
-
 class PruningReporter(keras.callbacks.Callback):
     """Report the metric after every epoch, keep the history in the trial, prune when told.
 
-    The history is written to the trial each epoch, so a dashboard shows live curves.
+    The history is written to the trial each epoch, so a dashboard shows live curves, and
+    a line per epoch goes to the worker's log.
     """
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        metric: str,
+        horizon: Horizon,
+        direction: str,
+        log: Callable[[str], None] = print,
+    ) -> None:
         super().__init__()
         self.trial = trial
         self.metric = metric
+        self.horizon = horizon
+        self.direction = direction
+        self.log = log
         self.history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
         # When each epoch ended (UNIX time) and how long it took: a value counts from the
         # moment its epoch ended, and an epoch's cost is what a study's cost bound weighs.
@@ -94,6 +98,13 @@ class PruningReporter(keras.callbacks.Callback):
         self.trial.set_user_attr("epoch_end", self.epoch_end)
         self.trial.set_user_attr("epoch_seconds", self.epoch_seconds)
         value = self.history[self.metric][-1]
+        values = [v for v in self.history[self.metric] if math.isfinite(v)]
+        best = f" (best {best_value(values, self.direction):.4f})" if values else ""
+        self.log(
+            f"trial {self.trial.number} epoch {epoch + 1}/{self.horizon.epochs}:"
+            + "".join(f" {key} {self.history[key][-1]:.4f}" for key in HISTORY_KEYS)
+            + f"{best}, {self.epoch_seconds[-1]:.1f} s"
+        )
         if not (math.isfinite(value) and math.isfinite(float(logs.get("loss", math.nan)))):
             self.diverged = f"loss or {self.metric} is not finite at epoch {epoch + 1}"
             self.model.stop_training = True
@@ -101,13 +112,11 @@ class PruningReporter(keras.callbacks.Callback):
         # Steps count epochs from 1, so a pruner's resource is the number of epochs trained.
         self.trial.report(value, step=epoch + 1)
         # After the last epoch the work is done: the trial completes rather than being pruned.
-        last = epoch + 1 >= self.params.get("epochs", math.inf)
+        last = epoch + 1 >= self.horizon.epochs
         if not last and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({self.metric} {value:.4f})")
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if STOP.is_set():
-            self.model.stop_training = True
         # TerminateOnNaN stops after the batch; remember why for the trial's record.
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
@@ -124,15 +133,22 @@ class Objective:
         data: Dataset,
         *,
         store: Store | None = None,
+        deadline: float | None = None,
+        log: Callable[[str], None] = print,
     ) -> None:
         """
         Args:
             store: where trials save their checkpoints and kept models (None: nowhere).
+            deadline: the run's time limit as a Unix time: trials plan their epochs to end
+                before it, and one stopped by it after an epoch completes with its best.
+            log: where a line per epoch goes (the worker's log).
         """
         self.config = config
         self.space = space
         self.data = data
         self.store = store
+        self.deadline = deadline
+        self.log = log
         self.metric = config.study.metric
         self.last_trial: int | None = None  # the number of the trial started last
 
@@ -181,8 +197,20 @@ class Objective:
             # Pruned, not failed: the sampler then learns that this region costs too much.
             trial.set_user_attr("pruned_reason", f"{n_params} params > max_params {max_params}")
             raise optuna.TrialPruned(f"{n_params} params, more than max_params ({max_params})")
-        reporter = PruningReporter(trial, self.metric)
-        schedule = learning_rate_callbacks(config, schedule_epochs=self.config.trials.max_epochs)
+        trials = self.config.trials
+        horizon = Horizon(trials.max_epochs, planned=False)
+        reporter = PruningReporter(trial, self.metric, horizon, self.config.direction, self.log)
+        pacer = Pacer(
+            trial,
+            horizon,
+            max_epochs=trials.max_epochs,
+            budget_seconds=None if trials.trial_minutes is None else trials.trial_minutes * 60,
+            deadline=self.deadline,
+            max_epoch_ratio=trials.max_epoch_ratio,
+            typical_epoch=lambda: typical_epoch_seconds(trial.study, exclude=trial.number),
+            log=self.log,
+        )
+        schedule = learning_rate_callbacks(config, schedule_epochs=horizon)
         checkpointer = Checkpointer(
             self.store,
             self.config.name,
@@ -190,38 +218,54 @@ class Objective:
             reporter,
             schedule,
             self.config.direction,
+            horizon,
             raw_images=self.data.input_shape if isinstance(self.data.train, FileSplit) else None,
         )
         # Resumed, the trial goes on as if never stopped: the same batches (an epoch's order
         # depends on the seed and the epoch alone), dropout masks, weights and optimizer.
         start_epoch = checkpointer.resume(model, retry_of) if retry_of else 0
         start = time.monotonic()
-        ended = False
+        ended = stopped = False
         try:
             fit(
                 model,
                 config,
                 self.data,
-                epochs=self.config.trials.max_epochs,
+                epochs=trials.max_epochs,
                 schedule=schedule,
                 initial_epoch=start_epoch,
-                callbacks=[reporter, checkpointer],
+                # The pacer first: an epoch's plan is made before the reporter judges it.
+                callbacks=[pacer, reporter, checkpointer],
                 shuffle_seed=seed,
             )
-            ended = not STOP.is_set()
+            ended = True
+        except Interrupted:
+            stopped = True
         finally:
             _record_run(trial, reporter, time.monotonic() - start, self.config.direction)
             # What this attempt trained (a resumed trial's history has the epochs before).
             trial.set_user_attr("epochs_trained", len(reporter.history["loss"]) - start_epoch)
-            # A trial stopped on purpose keeps its checkpoint for its retry; one that ended
-            # (completed, pruned, failed) needs it no more. A killed worker runs none of this.
-            if not STOP.is_set():
+            # A trial that ended (completed, pruned, failed) needs its checkpoints no more;
+            # a stopped one is decided below. A killed worker runs none of this.
+            if not stopped:
                 checkpointer.finish(model, kept=ended and not reporter.diverged)
-        if STOP.is_set():
-            raise Interrupted(f"the worker was stopped at epoch {len(reporter.history['loss'])}")
+        values = [v for v in reporter.history[self.metric] if math.isfinite(v)]
+        if stopped:
+            at_deadline = self.deadline is not None and time.time() >= self.deadline
+            if not (at_deadline and values and not reporter.diverged):
+                # Stopped on purpose: the checkpoint stays for the retry, which goes on.
+                raise Interrupted(
+                    f"the worker was stopped at epoch {len(reporter.history['loss'])}"
+                )
+            # The run's time is up: the best epoch so far is the trial's result, said so.
+            checkpointer.finish(model, kept=True)
+            trial.set_user_attr(DEADLINE_ATTR, {"epochs": len(values), "planned": horizon.epochs})
+            self.log(
+                f"trial {trial.number}: stopped at the deadline after {len(values)} of"
+                f" {horizon.epochs} epochs; its best epoch is its result"
+            )
         if reporter.diverged:
             return fail(trial, reporter.diverged)
-        values = reporter.history[self.metric]
         return best_value(values, self.config.direction)
 
 
@@ -247,10 +291,12 @@ class Checkpointer(keras.callbacks.Callback):
         reporter: PruningReporter,
         schedule: list[keras.callbacks.Callback],
         direction: str,
+        horizon: Horizon,
         raw_images: tuple[int, int, int] | None = None,
     ) -> None:
         """
         Args:
+            horizon: the trial's planned epochs, saved and restored with its state.
             raw_images: the input shape of a model trained on image folders, whose kept
                 model takes images of any size (`for_raw_images`).
         """
@@ -262,6 +308,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.reporter = reporter
         self.plateau = next((c for c in schedule if isinstance(c, ResumablePlateau)), None)
         self.direction = direction
+        self.horizon = horizon
         self.best_weights: list[Any] | None = None
         self.best_epoch = 0
         # Older attempts' checkpoints, removed once this trial has saved its own.
@@ -316,6 +363,8 @@ class Checkpointer(keras.callbacks.Callback):
             self.plateau.restore(state["plateau"])
         self.best_weights = checkpoint.best_weights or None
         self.best_epoch = state["best_epoch"]
+        if state.get(PLANNED_ATTR) is not None:
+            self.horizon.epochs, self.horizon.planned = state[PLANNED_ATTR], True
         self.reporter.history = {k: list(v) for k, v in state["history"].items()}
         self.reporter.epoch_end = list(state["epoch_end"])
         self.reporter.epoch_seconds = list(state["epoch_seconds"])
@@ -345,6 +394,7 @@ class Checkpointer(keras.callbacks.Callback):
                     "epoch_end": self.reporter.epoch_end,
                     "epoch_seconds": self.reporter.epoch_seconds,
                     "best_epoch": self.best_epoch,
+                    PLANNED_ATTR: self.horizon.epochs if self.horizon.planned else None,
                     "plateau": None if self.plateau is None else self.plateau.state(),
                 },
             ),

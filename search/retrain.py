@@ -56,6 +56,7 @@ def retrain(
     seed: int | None = None,
     data_dir: str | None = None,
     cache: str = "none",
+    from_weights: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Retrain an exported trial, evaluate it on the test set and write its artifacts.
@@ -68,6 +69,9 @@ def retrain(
         epochs: default: the trial's best epoch.
         seed: default: the trial's seed.
         cache: where a dir:PATH dataset's decoded images are kept (none, memory, disk).
+        from_weights: test the trial's kept best-epoch model (`search export --weights`)
+            instead of training it again: the same model, as retraining reproduces the
+            trial, in seconds rather than the trial's time.
 
     Returns:
         The report (what `report.json` holds).
@@ -76,24 +80,41 @@ def retrain(
     definition = export.definition
     epochs = epochs or entry["best_epoch"]
     seed = entry["seed"] if seed is None else seed
+    if from_weights:
+        weights = _kept_model_path(export, entry)
+        if (epochs, seed) != (entry["best_epoch"], entry["seed"]):
+            raise ExportError(
+                f"{export.path}: --from-weights tests trial {entry['number']}'s kept model as"
+                " trained; --epochs and --seed ask for a new training"
+            )
     # The trials' very split and subsets.
     data = load_study_data(definition.data, data_dir=data_dir, cache=cache)
-    log(
-        f"retraining trial {entry['number']} of study {export.bundle['study']!r}"
-        f" for {epochs} epoch{'s' * (epochs != 1)}, seed {seed}, on {len(data.train)}"
-        f" training images; validating on {len(data.val)}"
-    )
     if entry.get("warning"):
         log(f"warning: {entry['warning']}")
     start = time.monotonic()
-    model, history = train_on_split(
-        export, entry, data, epochs=epochs, seed=seed, verbose=1 if sys.stdout.isatty() else 2
-    )
+    if from_weights:
+        log(
+            f"testing trial {entry['number']} of study {export.bundle['study']!r} as trained:"
+            f" its kept model of epoch {epochs} ({weights}), which retraining would reproduce;"
+            f" validating on {len(data.val)} images"
+        )
+        # Kept as trained, behind its Resizing for image folders already.
+        model = keras.models.load_model(weights)
+        history = {key: values[:epochs] for key, values in entry["history"].items()}
+    else:
+        log(
+            f"retraining trial {entry['number']} of study {export.bundle['study']!r}"
+            f" for {epochs} epoch{'s' * (epochs != 1)}, seed {seed}, on {len(data.train)}"
+            f" training images; validating on {len(data.val)}"
+        )
+        model, history = train_on_split(
+            export, entry, data, epochs=epochs, seed=seed, verbose=1 if sys.stdout.isatty() else 2
+        )
+        if isinstance(data.train, FileSplit):
+            model = for_raw_images(model, data.input_shape)
     seconds = time.monotonic() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / "model.keras"
-    if isinstance(data.train, FileSplit):
-        model = for_raw_images(model, data.input_shape)
     # Loads with plain Keras anywhere (`save_model`): what a user's serving code does.
     save_model(model, model_path)
     (out_dir / "classes.json").write_text(json.dumps(list(data.class_names), indent=2) + "\n")
@@ -282,9 +303,11 @@ def train_on_split(
     # What a trial does before it builds its model, so the weights start the same.
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
-    # A cosine schedule spans the study's max_epochs, as in the trial, even when stopping
-    # at the best epoch; past it, it spans the longer run.
-    schedule_epochs = max(export.definition.trials.max_epochs, epochs)
+    # A cosine schedule spans the epochs the trial planned (its max_epochs unless its time
+    # was short), as in the trial, even when stopping at the best epoch; past them, it
+    # spans the longer run.
+    planned = entry.get("planned_epochs") or export.definition.trials.max_epochs
+    schedule_epochs = max(planned, epochs)
     model = _build(export, entry, data, schedule_epochs)
     fitted = fit(
         model,
@@ -296,6 +319,19 @@ def train_on_split(
         shuffle_seed=seed,
     )
     return model, {key: [float(v) for v in values] for key, values in fitted.history.items()}
+
+
+def _kept_model_path(export: Export, entry: dict[str, Any]) -> Path:
+    """The exported file of a trial's kept model (`search export --weights`)."""
+    if not entry.get("weights"):
+        raise ExportError(
+            f"{export.path}: trial {entry['number']} was exported without its kept model;"
+            " export with --weights to test it as trained, or retrain without --from-weights"
+        )
+    path = export.path.parent / entry["weights"]
+    if not path.is_file():
+        raise ExportError(f"{export.path}: trial {entry['number']}'s kept model {path} is missing")
+    return path
 
 
 def _build(export: Export, entry: dict[str, Any], data: Dataset, schedule_epochs: int):

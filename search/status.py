@@ -8,7 +8,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import progress
+from search.budget import DEADLINE_ATTR, PLAN_NOTE_ATTR, progress
+from search.progress import epochs_text
 from search.study import open_study, study_names
 
 # The trial attributes `search status --format json` gives besides Optuna's own fields.
@@ -26,6 +27,9 @@ JSON_ATTRS = (
     "worker",
     "fail_reason",
     "pruned_reason",
+    "planned_epochs",
+    "plan_note",
+    "stopped_at_deadline",
     "warning",
 )
 
@@ -56,14 +60,21 @@ def print_status(
             print(f"{name}: {progress(study).line(n_trials, metric)}")
         return
     study = _load(study_name, storage)
+    max_epochs = study.user_attrs.get("definition", {}).get("trials", {}).get("max_epochs")
     print(
         f"{'trial':>5}  {'state':<8} {'value':>8} {'epochs':>6} {'seconds':>8}"
         f"  {'origin':<15} name / note"
     )
     for t in study.get_trials(deepcopy=False):
         value = f"{t.value:.4f}" if t.value is not None else "-"
+        # A running trial's epochs so far, of those it planned (its history grows per epoch).
+        epochs = (
+            epochs_text(t, max_epochs)
+            if t.state == TrialState.RUNNING
+            else t.user_attrs.get("epochs", "-")
+        )
         print(
-            f"{t.number:>5}  {t.state.name:<8} {value:>8} {t.user_attrs.get('epochs', '-'):>6}"
+            f"{t.number:>5}  {t.state.name:<8} {value:>8} {epochs:>6}"
             f" {t.user_attrs.get('seconds', '-'):>8}  {t.user_attrs.get('origin', '-'):<15}"
             f" {trial_note(t)}"
         )
@@ -124,7 +135,12 @@ def describe_best(study_name: str, storage: optuna.storages.BaseStorage) -> str:
         + (f", from the {best.user_attrs['origin']}" if "origin" in best.user_attrs else ""),
         f"  {metric} {best.value:.4f} at epoch {best.user_attrs.get('best_epoch', '?')}"
         f" of {best.user_attrs.get('epochs', '?')}, {best.user_attrs.get('n_params', '?')}"
-        f" parameters, {best.user_attrs.get('seconds', '?')} s",
+        f" parameters, {best.user_attrs.get('seconds', '?')} s"
+        + (
+            f" ({deadline_note(best.user_attrs[DEADLINE_ATTR])})"
+            if DEADLINE_ATTR in best.user_attrs
+            else ""
+        ),
         "  params: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()),
     ]
     return "\n".join(lines)
@@ -151,7 +167,16 @@ def trial_note(t: FrozenTrial) -> str:
         notes.append(t.user_attrs.get("fail_reason", "worker stopped heartbeating"))
     if "pruned_reason" in t.user_attrs:
         notes.append(t.user_attrs["pruned_reason"])
+    if DEADLINE_ATTR in t.user_attrs:
+        notes.append(deadline_note(t.user_attrs[DEADLINE_ATTR]))
+    elif PLAN_NOTE_ATTR in t.user_attrs:
+        notes.append(t.user_attrs[PLAN_NOTE_ATTR])
     return "; ".join(notes)
+
+
+def deadline_note(stopped: dict[str, int]) -> str:
+    """ "stopped at the deadline after 8 of 10 epochs" (its best epoch is its value)."""
+    return f"stopped at the deadline after {stopped['epochs']} of {stopped['planned']} epochs"
 
 
 def _short(value: object) -> str:

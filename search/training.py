@@ -21,16 +21,34 @@ from search.folders import FileSplit
 SCHEDULES = ("constant", "step", "cosine", "plateau", "warmup_cosine", "one_cycle")
 
 
+class Horizon:
+    """The epochs a learning-rate schedule spans, which a trial may set after its first epoch.
+
+    Every schedule's first epoch has the same rate whatever the horizon, so a trial that
+    sizes itself from its first epoch's seconds (`search.pacing`) anneals to the end of the
+    epochs it planned, as budgeted training does (Li, Yumer & Ramanan, ICLR 2020).
+    """
+
+    def __init__(self, epochs: int, *, planned: bool = True) -> None:
+        """
+        Args:
+            planned: False while the epochs are a trial's max_epochs, not yet its plan.
+        """
+        self.epochs = epochs
+        self.planned = planned
+
+
 def learning_rate_callbacks(
-    config: dict[str, Any], *, schedule_epochs: int
+    config: dict[str, Any], *, schedule_epochs: int | Horizon
 ) -> list[keras.callbacks.Callback]:
     """The callbacks that apply a config's learning-rate schedule.
 
     Args:
         config: a space config with `learning_rate` and `schedule`.
-        schedule_epochs: the horizon of a cosine schedule: the study's max_epochs, also
-            when retraining for fewer epochs, so the rate follows the trial's own path.
+        schedule_epochs: the horizon of a cosine schedule: the epochs the trial planned,
+            also when retraining for fewer epochs, so the rate follows the trial's own path.
     """
+    horizon = schedule_epochs if isinstance(schedule_epochs, Horizon) else Horizon(schedule_epochs)
     schedule = config["schedule"]
     initial = config["learning_rate"]
     name = schedule["name"]
@@ -46,7 +64,7 @@ def learning_rate_callbacks(
     if name == "cosine":
 
         def rate(epoch: int, _: float) -> float:
-            return initial * 0.5 * (1 + math.cos(math.pi * epoch / schedule_epochs))
+            return initial * 0.5 * (1 + math.cos(math.pi * epoch / horizon.epochs))
 
         return [keras.callbacks.LearningRateScheduler(rate)]
     if name == "plateau":
@@ -62,19 +80,18 @@ def learning_rate_callbacks(
         def rate(epoch: int, _: float) -> float:
             if epoch < warmup:
                 return initial * (epoch + 1) / (warmup + 1)
-            progress = (epoch - warmup) / max(1, schedule_epochs - warmup)
+            progress = (epoch - warmup) / max(1, horizon.epochs - warmup)
             return initial * 0.5 * (1 + math.cos(math.pi * progress))
 
         return [keras.callbacks.LearningRateScheduler(rate)]
     if name == "one_cycle":
         # One cycle (Smith): from a tenth of the rate up to it by `peak` of the epochs,
         # then cosine down to a hundredth.
-        up = max(1, round(schedule["peak"] * schedule_epochs))
-
         def rate(epoch: int, _: float) -> float:
+            up = max(1, round(schedule["peak"] * horizon.epochs))
             if epoch < up:
                 return initial * (0.1 + 0.9 * epoch / up)
-            progress = (epoch - up) / max(1, schedule_epochs - up)
+            progress = (epoch - up) / max(1, horizon.epochs - up)
             return initial * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
         return [keras.callbacks.LearningRateScheduler(rate)]

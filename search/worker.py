@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,17 +25,23 @@ from search.checkpoints import keep_best, open_store, prune_kept
 from search.config import StudyConfig
 from search.data import Dataset
 from search.export import CLASS_NAMES_ATTR
-from search.failures import check_failures, reap, requeue, requeued_since
+from search.failures import check_failures, deadline_summary, fail_running, reap, requeue
+from search.progress import Display, show
 from search.storage import TRANSIENT_ERRORS, describe_error
 from search.study import load_definition, make_pruner, make_sampler
 
-# Seconds between a supervisor's looks at the study (progress, reaping stale trials).
+# Seconds between a supervisor's looks at the study (progress, reaping stale trials), and
+# between two redraws of its live display on a terminal.
 POLL_SECONDS = 5.0
+LIVE_POLL_SECONDS = 1.0
+# Seconds a worker has to stop after SIGTERM before it is killed. Trials stop between
+# batches, so only a hung worker takes this long.
+STOP_GRACE_SECONDS = 60.0
 # Seconds a worker waits for others' last trials (and reaps stale ones) before looking again.
 TAIL_WAIT_SECONDS = 2.0
 EXIT_CONFIG_ERROR = 2
 
-# Set when a worker's deadline passes; it also sets objective.STOP, so a running trial stops
+# Set when a worker's deadline passes; it also sets pacing.STOP, so a running trial stops
 # at its next batch and is queued again, and the worker tells a timeout (a normal end, exit 0)
 # from a signal.
 TIME_UP = threading.Event()
@@ -124,7 +131,8 @@ def run_worker(
     Returns the number of trials this worker ran.
     """
     from search.data import load_study_data
-    from search.objective import STOP, Interrupted, Objective
+    from search.objective import Objective
+    from search.pacing import STOP, Interrupted
     from search.training import describe_device
     from spaces import load_space
 
@@ -160,7 +168,14 @@ def run_worker(
             study.set_user_attr(CLASS_NAMES_ATTR, list(data.class_names))
         store = open_store()
         keep = keep_best()
-        objective = Objective(config, load_space(config.study.space), data, store=store)
+        objective = Objective(
+            config,
+            load_space(config.study.space),
+            data,
+            store=store,
+            deadline=deadline,
+            log=lambda line: log(f"worker {worker_index}: {line}"),
+        )
 
         def prune(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             # After the trial is told: a completed trial counts in the ranking.
@@ -205,7 +220,7 @@ def _start_timer(deadline: float) -> threading.Timer:
     """Set TIME_UP and STOP at `deadline` (a Unix time), from a thread of its own."""
 
     def time_up() -> None:
-        from search.objective import STOP
+        from search.pacing import STOP
 
         TIME_UP.set()
         STOP.set()
@@ -226,7 +241,7 @@ def supervise(
     log_dir: Path,
     gpus: Sequence[str] | None = None,
     max_restarts: int = 3,
-    out: Callable[[str], None] = print,
+    display: Display | None = None,
 ) -> int:
     """Run `n_workers` worker processes until the budget is spent; return an exit code.
 
@@ -236,8 +251,15 @@ def supervise(
     Shows progress, fails stale trials (a reaper, so a study whose workers all died still
     recovers), restarts crashed workers up to `max_restarts` times each and recycles
     workers that exit after their `--max-trials-per-process`. At the study's timeout the
-    workers stop their trials at the next batch and queue them again, and this returns 0.
+    workers stop their trials at the next batch (`search.objective` says what becomes of
+    them), and this returns 0. A worker that does not stop within `STOP_GRACE_SECONDS` is
+    killed and its trial failed and queued again here: none is left RUNNING.
+
+    Args:
+        display: where progress goes (default: this process's stdout).
     """
+    display = display or Display()
+    out = display.event
     study = optuna.load_study(study_name=config.name, storage=storage)
     log_dir.mkdir(parents=True, exist_ok=True)
     n_trials = config.trials.n_trials
@@ -257,7 +279,7 @@ def supervise(
     out(f"started {n_workers} workers{placed}; their logs: {log_dir}/worker-*.log")
     restarts = dict.fromkeys(procs, 0)
     gave_up = False
-    last_line = ""
+    unreachable = ""
     # SIGTERM (kill, systemd, a container stopping) stops the workers as Ctrl-C does,
     # rather than leaving them running without their supervisor. SIGINT is handled even
     # where a shell started this process ignoring it (in the background), as the workers
@@ -271,24 +293,31 @@ def supervise(
             try:
                 reap(study)
                 state = progress(study)
+                show(
+                    display,
+                    study,
+                    state,
+                    n_trials=n_trials,
+                    metric=config.study.metric,
+                    direction=config.direction,
+                    max_epochs=config.trials.max_epochs,
+                    deadline=deadline,
+                )
+                unreachable = ""
             except TRANSIENT_ERRORS as e:
                 # The workers wait for the database themselves (or exit and are restarted);
                 # the supervisor keeps tending them and looks at the study again next time.
                 line = f"storage unreachable ({describe_error(e)}); looking again soon"
-                state = None
-            else:
-                line = state.line(n_trials, config.study.metric)
-            if line != last_line:
-                out(f"[{time.strftime('%H:%M:%S')}] {line}")
-                last_line = line
+                if line != unreachable:
+                    out(line)
+                unreachable, state = line, None
             if deadline is not None and time.time() >= deadline:
                 # The workers' own timers stopped their trials at this deadline; SIGTERM
                 # reaches any that missed it (a clock step, a worker still loading data).
                 out(f"time limit of {timeout:g} minutes reached; stopping workers...")
-                _stop(procs.values())
+                _stop(study, procs.values(), out)
                 procs.clear()
-                requeued = requeued_since(study, deadline)
-                out(f"{requeued} running trial{'s' * (requeued != 1)} stopped and queued again")
+                out(deadline_summary(study, deadline))
                 break
             spent = state is not None and state.spent(n_trials)
             for i, proc in list(procs.items()):
@@ -314,17 +343,19 @@ def supervise(
                     )
                 procs[i] = _start_worker(worker_args, i, next(starts), log_dir, gpus)
             if procs:
-                wait = POLL_SECONDS if deadline is None else deadline - time.time()
-                time.sleep(min(POLL_SECONDS, max(0.0, wait)))
+                # A live display ticks every second; plain lines need no more than a poll.
+                period = LIVE_POLL_SECONDS if display.live else POLL_SECONDS
+                wait = period if deadline is None else deadline - time.time()
+                time.sleep(min(period, max(0.0, wait)))
     except (KeyboardInterrupt, Terminated) as e:
         out("stopping workers (their running trials are failed and queued again)...")
-        _stop(procs.values())
+        _stop(study, procs.values(), out)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     state = progress(study)
-    out(f"[{time.strftime('%H:%M:%S')}] {state.line(n_trials, config.study.metric)}")
+    display.final(f"[{time.strftime('%H:%M:%S')}] {state.line(n_trials, config.study.metric)}")
     return 1 if gave_up and state.finished < n_trials else 0
 
 
@@ -353,15 +384,32 @@ def _start_worker(
     )
 
 
-def _stop(procs, timeout: float = 60.0) -> None:
-    """SIGTERM the workers (each fails and requeues its trial), then SIGKILL stragglers."""
+def _stop(study: optuna.Study, procs, out: Callable[[str], None]) -> None:
+    """SIGTERM the workers, then SIGKILL stragglers and fail and requeue their trials.
+
+    A worker stops its trial within a batch of SIGTERM; one that does not within
+    `STOP_GRACE_SECONDS` (a batch that long, a hung call) is killed, and its trial, which
+    would stay RUNNING until the grace period of some later process, is failed and queued
+    again now.
+    """
+    procs = list(procs)
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    killed = []
     for proc in procs:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            killed.append(proc.pid)
+    if killed:
+        host = socket.gethostname()
+        reason = f"killed: its worker did not stop within {STOP_GRACE_SECONDS:g} s of SIGTERM"
+        numbers = fail_running(study, {f"{host}:{pid}" for pid in killed}, reason)
+        out(
+            f"{len(killed)} worker{'s' * (len(killed) != 1)} killed; trials {numbers} failed"
+            " and queued again"
+        )

@@ -1,0 +1,131 @@
+"""What `search run` shows while it runs: the study's counts and each running trial's epoch.
+
+On a terminal, a live block redrawn in place (the study's line, then a line per running
+trial); elsewhere (a log file, a pipe, CI) plain lines, one each time a trial finishes an
+epoch or the study's counts change. Everything comes from the storage (the trials' history
+written after every epoch), so it shows workers on other machines too.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from typing import TextIO
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.budget import PLANNED_ATTR, Progress
+from search.ranking import best_value
+
+
+def epochs_text(trial: FrozenTrial, max_epochs: int | None) -> str:
+    """A trial's epochs so far and of how many: "3/10" (planned, else max_epochs)."""
+    done = len(trial.user_attrs.get("history", {}).get("loss", []))
+    planned = trial.user_attrs.get(PLANNED_ATTR, max_epochs)
+    return f"{done}/{planned}" if planned else str(done)
+
+
+def trial_line(trial: FrozenTrial, metric: str, direction: str, max_epochs: int) -> str:
+    """A running trial: its epoch (n of planned), last and best value, seconds per epoch."""
+    values = [v for v in trial.user_attrs.get("history", {}).get(metric, []) if math.isfinite(v)]
+    seconds = trial.user_attrs.get("epoch_seconds", [])
+    text = f"trial {trial.number}: epoch {epochs_text(trial, max_epochs)}"
+    if values:
+        text += f" {metric} {values[-1]:.4f} (best {best_value(values, direction):.4f})"
+    if seconds:
+        text += f", {seconds[-1]:.0f} s/epoch"
+    else:
+        text += ", first epoch running"
+    return text
+
+
+def time_left(deadline: float | None) -> str | None:
+    """The time left before the deadline as "m:ss left" (None: no deadline)."""
+    if deadline is None:
+        return None
+    left = max(0, round(deadline - time.time()))
+    return f"{left // 60}:{left % 60:02d} left"
+
+
+class Display:
+    """Where the supervisor's progress goes: a live block on a terminal, else plain lines.
+
+    `quiet` shows nothing but what `final` prints.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self.stream = stream or sys.stdout
+        self.quiet = quiet
+        self.live = not quiet and self.stream.isatty()
+        self._drawn = 0  # lines of the live block on screen
+        self._seen: dict[int, int] = {}  # trial number -> epochs already printed
+        self._last_study_line = ""
+
+    def event(self, line: str) -> None:
+        """A line that stays (a worker restarted, the time limit reached)."""
+        if self.quiet:
+            return
+        self._clear()
+        print(f"[{time.strftime('%H:%M:%S')}] {line}", file=self.stream, flush=True)
+
+    def update(
+        self,
+        study_line: str,
+        left: str | None,
+        trial_lines: dict[int, str],
+        epochs: dict[int, int],
+    ) -> None:
+        """The study's line, the time left, its running trials' lines and epochs trained."""
+        if self.quiet:
+            return
+        full = study_line if left is None else f"{study_line} | {left}"
+        if self.live:
+            self._clear()
+            width = shutil.get_terminal_size().columns
+            lines = [f"[{time.strftime('%H:%M:%S')}] {full}"]
+            lines += [f"  {line}" for line in trial_lines.values()]
+            # Cut to the terminal's width: a wrapped line would break the redraw.
+            text = "\n".join(line[: width - 1] for line in lines)
+            print(text, file=self.stream, flush=True)
+            self._drawn = len(lines)
+            return
+        for number, line in trial_lines.items():
+            if epochs[number] > self._seen.get(number, 0):
+                self._seen[number] = epochs[number]
+                print(f"[{time.strftime('%H:%M:%S')}] {line}", file=self.stream, flush=True)
+        # A new count or best makes a new line; the time left alone does not.
+        if study_line != self._last_study_line:
+            self._last_study_line = study_line
+            print(f"[{time.strftime('%H:%M:%S')}] {full}", file=self.stream, flush=True)
+
+    def final(self, line: str) -> None:
+        """The last line, shown even when quiet."""
+        self._clear()
+        print(line, file=self.stream, flush=True)
+
+    def _clear(self) -> None:
+        if self._drawn:
+            # Up to the block's first line, then erase to the end of the screen.
+            print(f"\x1b[{self._drawn}F\x1b[J", end="", file=self.stream, flush=True)
+            self._drawn = 0
+
+
+def show(
+    display: Display,
+    study: optuna.Study,
+    state: Progress,
+    *,
+    n_trials: int,
+    metric: str,
+    direction: str,
+    max_epochs: int,
+    deadline: float | None,
+) -> None:
+    """Read the study's running trials and show them with its line."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    lines = {t.number: trial_line(t, metric, direction, max_epochs) for t in running}
+    epochs = {t.number: len(t.user_attrs.get("history", {}).get("loss", [])) for t in running}
+    display.update(state.line(n_trials, metric), time_left(deadline), lines, epochs)
