@@ -159,8 +159,11 @@ class Pacer(keras.callbacks.Callback):
             left = self.deadline - time.time()
             if left < allowed:
                 allowed, limits = left, ["the run's time limit"]
-        more = math.floor(max(0.0, allowed) / (seconds * EPOCH_SAFETY))
-        planned = max(epochs_done, min(self.max_epochs, epochs_done + more))
+        if math.isinf(allowed):
+            planned = self.max_epochs
+        else:
+            more = math.floor(max(0.0, allowed) / (max(seconds, 1e-3) * EPOCH_SAFETY))
+            planned = max(epochs_done, min(self.max_epochs, epochs_done + more))
         self.horizon.epochs, self.horizon.planned = planned, True
         self.trial.set_user_attr(PLANNED_ATTR, planned)
         if planned < self.max_epochs:

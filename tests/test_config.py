@@ -36,6 +36,14 @@ def test_defaults_and_budget_override(write_study):
         (("[study]", "[study\n"), "not valid TOML"),
         (("prior = true", "prior = false\n[prior]\nn_blocks = 2"), r"\[prior\] table, but"),
         (("max_epochs = 4", "max_epochs = 4\nmin_epochs = 5"), "min_epochs is 5, but must be <="),
+        (
+            ("max_epochs = 4", "max_epochs = 4\ntrial_minutes = 0"),
+            r"trial_minutes is 0.0, but must be > 0",
+        ),
+        (
+            ("max_epochs = 4", "max_epochs = 4\nmax_epoch_ratio = 1"),
+            r"max_epoch_ratio is 1.0, but must be > 1",
+        ),
     ],
 )
 def test_broken_definitions_name_the_file_and_key(write_study, replace, message):

@@ -11,7 +11,7 @@ from conftest import study_toml
 
 from search.config import from_dict
 from search.objective import Objective, PruningReporter
-from search.training import fit, learning_rate_callbacks
+from search.training import Horizon, fit, learning_rate_callbacks
 from spaces import dense
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -28,7 +28,7 @@ def test_reporter_reports_every_epoch_and_records_history(small_data):
     trial = study.ask()
     config = dense.suggest(optuna.trial.FixedTrial(dense.BASELINES["model_0"]))
     model = dense.build(config, small_data.input_shape, small_data.num_classes)
-    reporter = PruningReporter(trial, "val_accuracy")
+    reporter = PruningReporter(trial, "val_accuracy", Horizon(3), "maximize", lambda _: None)
     fit(model, config, small_data, epochs=3, callbacks=[reporter])
     frozen = study._storage.get_trial(trial._trial_id)
     # One report per epoch, steps counting epochs from 1.
@@ -47,9 +47,8 @@ def test_reporter_prunes_when_the_pruner_says_so(small_data):
     config = dense.suggest(optuna.trial.FixedTrial(dense.BASELINES["model_0"]))
     model = dense.build(config, small_data.input_shape, small_data.num_classes)
     with pytest.raises(optuna.TrialPruned, match="pruned at epoch 1"):
-        fit(
-            model, config, small_data, epochs=5, callbacks=[PruningReporter(trial, "val_accuracy")]
-        )
+        reporter = PruningReporter(trial, "val_accuracy", Horizon(5), "maximize", lambda _: None)
+        fit(model, config, small_data, epochs=5, callbacks=[reporter])
 
 
 def test_objective_records_the_trial_and_returns_the_best_epoch(small_data):
@@ -127,3 +126,27 @@ def test_unknown_schedule_names_the_value_and_the_choices():
         learning_rate_callbacks(
             {"learning_rate": 1e-2, "schedule": {"name": "linear"}}, schedule_epochs=10
         )
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"name": "cosine"},
+        {"name": "warmup_cosine", "warmup": 1},
+        {"name": "one_cycle", "peak": 0.3},
+        {"name": "step", "every": 2, "factor": 0.5},
+    ],
+)
+def test_a_horizon_planned_after_the_first_epoch_keeps_that_epochs_rate(schedule):
+    # A trial sizes its epochs after the first (search.pacing): the first epoch's rate must
+    # not depend on the plan, and the rest must follow a schedule made for the plan.
+    config = {"learning_rate": 1e-2, "schedule": schedule}
+    horizon = Horizon(100, planned=False)
+    (sized,) = learning_rate_callbacks(config, schedule_epochs=horizon)
+    first = sized.schedule(0, 0.0)
+    horizon.epochs = 4
+    (planned,) = learning_rate_callbacks(config, schedule_epochs=4)
+    assert first == planned.schedule(0, 0.0)
+    assert [sized.schedule(e, 0.0) for e in range(4)] == [
+        planned.schedule(e, 0.0) for e in range(4)
+    ]
