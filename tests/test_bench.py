@@ -392,3 +392,10 @@ def test_the_report_leads_with_the_lift_over_centre(tmp_path):
     assert "| `random` | 2 | 0.8000, 0.9300 | +0.1300, +0.1300 (+0.1300) |" in text
     assert "`notebook` (the notebook's models" in text
     assert (out / "efficiency" / "fashion_mnist" / "best_so_far.png").stat().st_size > 0
+
+
+def test_centre_needs_a_space_with_a_prior(tmp_path, monkeypatch):
+    # A space without a prior has no centre to train.
+    monkeypatch.delattr(conv, "PRIOR")
+    with pytest.raises(ValueError, match="no PRIOR"):
+        _runs(tmp_path, contestants=("centre",))
