@@ -1,9 +1,11 @@
-"""`make bench`: does this service find good models sooner than searching by hand?
+"""`make bench`: what does this service find, and how soon, against what a user gets without it?
 
 Parts (--parts; the default is the first two, which need the machine alone):
 
-- efficiency: part 1, `search` (the study as written) against `hand` (random sampling, no
-  pruning, no prior) on the conv study, paired by seed, a record per run (resumable);
+- efficiency: part 1, `search` (the study as written) against `centre` (the prior's centre
+  trained alone), `notebook` (the notebook's models), `tpe` (TPE + successive halving, no
+  prior) and `random` (random search) on the conv study, paired by seed, a record per run
+  (resumable);
 - digits: part 1 again on scikit-learn's 8x8 digits, with a short budget;
 - overhead: part 2, a trial against bare model.fit;
 - storage: part 3, trials per second on SQLite and PostgreSQL, 1 to 8 workers;

@@ -1,20 +1,26 @@
 """Part 1, search efficiency: how soon each contestant finds a good model, seed by seed.
 
-Two contestants search the base study (studies/conv.toml) for the same wall-clock budget
-on the same machine, one run at a time, interleaved by seed (seed 0 search, seed 0 hand,
-seed 1 search, ...) so that a benchmark stopped part-way still holds paired results:
+The contestants search the base study (studies/conv.toml) for the same wall-clock budget
+on the same machine, one run at a time, interleaved by seed (seed 0 search, seed 0 centre,
+..., seed 1 search, ...) so that a benchmark stopped part-way still holds paired results.
+Each is named for what it runs (`CONTESTANTS`):
 
 - `search`, this service: the study as written (its sampler, pruner and prior);
-- `hand`, the hand loop: the same study with random sampling, no pruning and no prior;
+- `centre`: the prior's centre alone, trained once: what a user gets without a search;
+- `notebook`: the notebook's models (the space's `BASELINES`), in its order, no pruning;
+- `tpe`: TPE with successive halving, no prior;
+- `random`: random sampling, no pruning, no prior;
 - `kerastuner` (optional): KerasTuner's Hyperband over the same space, one process.
 
-The two Optuna contestants run `search run` with one single-threaded worker per core and
-without the notebook's baselines; the study's seed is the run's seed. The clock starts
-when `search run` is launched, so starting up and loading data count. A value counts
-from the end of the epoch that reached it (what a user watching the dashboard sees), in
-every trial that started before the deadline, whatever its state: completed, pruned, or
-interrupted when the time was up. KerasTuner logs trials, not epochs: its values count
-from the end of their trial.
+The Optuna contestants run `search run` without the notebook's baselines (but `notebook`,
+which runs nothing else); the study's seed is the run's seed. A search runs one
+single-threaded worker per core; what trains one model at a time (`centre`, `notebook`)
+runs one worker on all cores, as a training script would. The clock starts when `search
+run` is launched, so starting up and loading data count. A value counts from the end of
+the epoch that reached it (what a user watching the dashboard sees), in every trial that
+started before the deadline, whatever its state: completed, pruned, or interrupted when
+the time was up. KerasTuner logs trials, not epochs: its values count from the end of
+their trial.
 
 Each (contestant, seed) run is written to its own JSON record as soon as it finishes; a
 rerun skips the records that exist with the same settings, and the report is rebuilt from
@@ -58,12 +64,64 @@ from search.config import StudyConfig, from_dict, with_legacy_defaults
 from search.prior import resolve_prior
 from spaces import load_space
 
+
+@dataclass(frozen=True)
+class Contestant:
+    """What a contestant runs.
+
+    Args:
+        description: what it is, in the report's words.
+        trials: how its study's [trials] differ from the base study's (None: not an Optuna
+            study). A study with `prior = false` drops the base study's [prior] centres.
+        one_process: one worker on all cores (what trains one model at a time, as a
+            script would); otherwise one single-threaded worker per core.
+        baselines_only: its trials are the space's `BASELINES`, queued in their order, and
+            nothing else.
+    """
+
+    description: str
+    trials: dict[str, Any] | None
+    one_process: bool = False
+    baselines_only: bool = False
+
+
+# The notebook trained model_b, c and d for 30 epochs (model_a for 20; a study has one
+# epoch count, so here model_a trains up to 30 too).
+NOTEBOOK_EPOCHS = 30
 CONTESTANTS = {
-    "search": "this service: the study's sampler, pruner and prior",
-    "hand": "the hand loop: random sampling, no pruning, no prior",
-    "kerastuner": "KerasTuner's Hyperband, one process on all cores",
+    "search": Contestant("this service: the study's sampler, pruner and prior", trials={}),
+    "centre": Contestant(
+        "the prior's centre alone, trained once: what a user gets without a search",
+        trials={"n_trials": 1, "pruner": "none", "prior": True},
+        one_process=True,
+    ),
+    "notebook": Contestant(
+        "the notebook's models, one after another in its order, as it trained them",
+        trials={
+            "sampler": "random",
+            "pruner": "none",
+            "prior": False,
+            "enqueue_baselines": True,
+            "max_epochs": NOTEBOOK_EPOCHS,
+        },
+        one_process=True,
+        baselines_only=True,
+    ),
+    "tpe": Contestant(
+        "Optuna's TPE with successive halving, no prior",
+        trials={"sampler": "tpe", "pruner": "successive_halving", "prior": False},
+    ),
+    "random": Contestant(
+        "random search: random sampling, no pruning, no prior",
+        trials={"sampler": "random", "pruner": "none", "prior": False},
+    ),
+    "kerastuner": Contestant(
+        "KerasTuner's Hyperband over the same space", trials=None, one_process=True
+    ),
 }
-DEFAULT_CONTESTANTS = ("search", "hand")
+DEFAULT_CONTESTANTS = ("search", "centre", "notebook", "tpe", "random")
+# The report's headline: the service's lift over this contestant.
+REFERENCE = "centre"
 METRIC = "val_accuracy"
 # A run shared the machine when its 1-minute load average at its start was above this, or
 # other programs took more than FOREIGN_CPU_SHARE of the machine's CPU time during it.
@@ -82,9 +140,9 @@ class Scale:
         title: the dataset's name in the report.
         checkpoints: minutes at which the best value so far is shown (the budget is added).
         thresholds: values whose time to reach is shown.
-        ratio_threshold: compare the median time to this value, search / hand.
+        ratio_threshold: compare the median time to this value, search / each other.
         reach: (value, minutes): count the seeds that reached the value within the minutes.
-        best_margin: the acceptance asks median best at budget, search minus hand, >= this.
+        best_margin: asked of search minus random, the median best at the budget: >= this.
     """
 
     title: str
@@ -239,7 +297,7 @@ class RecordConflict(RuntimeError):
 def contestant_sections(
     base: dict[str, dict[str, Any]], contestant: str, *, seed: int, budget_minutes: float
 ) -> dict[str, dict[str, Any]]:
-    """The study a contestant runs for one seed: the base study, hand-looped for `hand`.
+    """The study a contestant runs for one seed: the base study with its [trials] changes.
 
     Args:
         base: the base study's sections as its file has them (keys left out keep their
@@ -253,8 +311,12 @@ def contestant_sections(
         "timeout_minutes": budget_minutes,
         "enqueue_baselines": False,
     }
-    if contestant == "hand":
-        sections["trials"] |= {"sampler": "random", "pruner": "none", "prior": False}
+    plan = CONTESTANTS[contestant]
+    if plan.baselines_only:
+        n_baselines = len(load_space(sections["study"]["space"]).BASELINES)
+        sections["trials"]["n_trials"] = n_baselines
+    sections["trials"] |= plan.trials or {}
+    if not sections["trials"].get("prior", True):
         # A study without a prior may not name prior centres.
         sections.pop("prior", None)
     return sections
@@ -291,21 +353,29 @@ def plan_runs(
                 base, contestant, seed=seed, budget_minutes=budget_minutes
             )
             sections["study"]["name"] = f"{dataset}-{contestant}-seed{seed}"
-            kerastuner = contestant == "kerastuner"
+            plan = CONTESTANTS[contestant]
             study = from_dict(sections, source=f"{dataset} {contestant}")
+            prior = None if plan.trials is None else searched_prior(study)
+            if contestant == "centre" and prior is None:
+                raise ValueError(
+                    f"contestant is centre, but space {study.study.space!r} has no PRIOR"
+                    " and so no centre"
+                )
             settings = {
                 "dataset": dataset,
                 "contestant": contestant,
                 "seed": seed,
                 "budget_minutes": budget_minutes,
-                "workers": 1 if kerastuner else workers,
-                "threads_per_worker": workers if kerastuner else 1,
+                # The base study's epochs per trial (a contestant may train its own).
+                "base_max_epochs": base["trials"]["max_epochs"],
+                "workers": 1 if plan.one_process else workers,
+                "threads_per_worker": workers if plan.one_process else 1,
                 # The definition as the service resolves it, defaults included, so a
                 # changed default also makes earlier records stale.
                 "study": study.to_dict(),
                 # The space's prior as searched (None without one): a prior changed in the
                 # space's code also makes earlier records stale.
-                "prior": None if kerastuner else searched_prior(study),
+                "prior": prior,
                 # Records made when a worker's sampler seed was the study's seed plus its
                 # index (seeds s and s + 1 shared draws) lack this: stale.
                 "sampler_seeds": "search.study.worker_seed(study seed, worker index)",
@@ -358,8 +428,14 @@ def _comparable(settings: Any) -> Any:
     """Recorded settings without the keys that moved out of study definitions since."""
     if not isinstance(settings, dict) or not isinstance(settings.get("study"), dict):
         return settings
-    # Records from before the prior was recorded: the hand loop's had none.
-    return {"prior": None, **settings, "study": with_legacy_defaults(settings["study"])}
+    # Records from before the prior was recorded (random's had none), and from before a
+    # contestant could train other epochs than the base study's.
+    filled = {
+        "prior": None,
+        "base_max_epochs": settings["study"].get("trials", {}).get("max_epochs"),
+        **settings,
+    }
+    return filled | {"study": with_legacy_defaults(settings["study"])}
 
 
 def supersede(path: Path) -> Path:

@@ -22,6 +22,7 @@ from benchmarks.efficiency import (
     DISTURBED_LOAD,
     FOREIGN_CPU_SHARE,
     RECORDS_DIR,
+    REFERENCE,
     SCALES,
     Scale,
     best_at,
@@ -32,8 +33,16 @@ from benchmarks.efficiency import (
     scale_for,
     time_to,
 )
+from benchmarks.harness import UNBOUNDED_TRIALS
 
-COLORS = {"search": "tab:blue", "hand": "tab:orange", "kerastuner": "tab:green"}
+COLORS = {
+    "search": "tab:blue",
+    "centre": "tab:red",
+    "notebook": "tab:purple",
+    "tpe": "tab:brown",
+    "random": "tab:orange",
+    "kerastuner": "tab:green",
+}
 # Bare-fit speed change (after / before the trials) beyond which overhead ratios mean little.
 DRIFT_TOLERANCE = 0.15
 PLOT_NAME = "best_so_far.png"
@@ -85,7 +94,7 @@ def comparable(
             r["settings"]["budget_minutes"],
             study["study"]["space"],
             study["data"],
-            study["trials"]["max_epochs"],
+            _base_epochs(r["settings"]),
         )
 
     target = key(max(records, key=lambda r: r["date"]))
@@ -142,10 +151,17 @@ def efficiency_section(
     return lines
 
 
+def _base_epochs(settings: dict[str, Any]) -> int:
+    """The base study's epochs per trial (records made before a contestant could train its
+    own epochs have only the study's)."""
+    return settings.get("base_max_epochs", settings["study"]["trials"]["max_epochs"])
+
+
 def _settings_text(records: list[dict[str, Any]], budget_minutes: float) -> str:
     by = {r["contestant"]: r["settings"] for r in records}
     any_settings = next(iter(by.values()))
     study = any_settings["study"]
+    epochs = _base_epochs(any_settings)
     data = study["data"]
     subsets = ", ".join(
         f"{key} {data[key]}" for key in ("train_subset", "validation_subset") if data.get(key)
@@ -153,69 +169,133 @@ def _settings_text(records: list[dict[str, Any]], budget_minutes: float) -> str:
     parts = [
         f"The {study['study']['space']} space on `{data['dataset']}` (validation_split"
         f" {data['validation_split']}, split_seed {data['split_seed']}"
-        f"{', ' + subsets if subsets else ''}), at most {study['trials']['max_epochs']} epochs"
+        f"{', ' + subsets if subsets else ''}), at most {epochs} epochs"
         f" per trial, {budget_minutes:g} min of wall clock per run; the study's seed is the"
         " run's seed."
     ]
     for contestant, settings in by.items():
         trials = settings["study"]["trials"]
+        layout = (
+            f"{settings['workers']} worker{'s' * (settings['workers'] > 1)} x"
+            f" {settings['threads_per_worker']} thread{'s' * (settings['threads_per_worker'] > 1)}"
+        )
         if contestant == "kerastuner":
-            how = f"one process x {settings['threads_per_worker']} threads"
+            how = layout
         else:
             how = (
                 f"sampler {trials['sampler']}, pruner {trials['pruner']},"
-                f" prior {str(trials.get('prior', True)).lower()};"
-                f" {settings['workers']} workers x {settings['threads_per_worker']} thread"
+                f" prior {str(trials.get('prior', True)).lower()}"
             )
-        parts.append(f"`{contestant}` ({CONTESTANTS.get(contestant, contestant)}): {how}.")
+            if trials.get("enqueue_baselines"):
+                how += f", the space's {trials['n_trials']} baselines in order and nothing else"
+            elif trials["n_trials"] < UNBOUNDED_TRIALS:
+                how += f", {trials['n_trials']} trial{'s' * (trials['n_trials'] > 1)}"
+            if trials["max_epochs"] != epochs:
+                how += f", at most {trials['max_epochs']} epochs per trial"
+            how += f"; {layout}"
+        plan = CONTESTANTS.get(contestant)
+        parts.append(f"`{contestant}` ({plan.description if plan else contestant}): {how}.")
     return " ".join(parts)
 
 
 def _comparison(records: list[dict[str, Any]], scale: Scale, budget: float) -> list[str]:
-    """search against hand over the seeds both ran: the questions of the acceptance."""
-    seeds = sorted(
-        {r["seed"] for r in records if r["contestant"] == "search"}
-        & {r["seed"] for r in records if r["contestant"] == "hand"}
-    )
-    if not seeds:
-        return ["No seed has records of both `search` and `hand` yet: nothing to compare.", ""]
-    pair = {
-        c: [r for r in records if r["contestant"] == c and r["seed"] in seeds]
-        for c in ("search", "hand")
-    }
-    n = len(seeds)
-    lines = [f"`search` against `hand`, over the {n} seed{'s' * (n > 1)} both ran:", ""]
+    """The service's lift over `centre` (the headline), then `search` against each other."""
+    by_seed = _by_seed(records)
+    lines = [*_lift(by_seed, budget), ""]
+    others = [c for c in CONTESTANTS if c != "search" and any(c in runs for runs in by_seed)]
+    rows = [_against(by_seed, c, scale, budget) for c in others]
+    rows = [row for row in rows if row is not None]
+    if not rows:
+        return lines
+    header = ["against", "paired seeds", f"median best at {budget / 60:g} min: theirs, search"]
+    header.append("search minus theirs, per seed (median)")
     if scale.ratio_threshold is not None:
         t = scale.ratio_threshold
-        s, s_never = censored_median([time_to(r["points"], t) for r in pair["search"]], budget)
-        h, h_never = censored_median([time_to(r["points"], t) for r in pair["hand"]], budget)
-        lines.append(
-            f"- median time to {t:g}: search {_censored(s, s_never, budget)}, hand"
-            f" {_censored(h, h_never, budget)}; search / hand"
-            f" {_ratio(s, s_never, h, h_never)}"
-        )
-    s_best = _median_best(pair["search"], budget)
-    h_best = _median_best(pair["hand"], budget)
-    if s_best is not None and h_best is not None:
-        line = (
-            f"- median best at {budget / 60:g} min: search {s_best:.4f}, hand {h_best:.4f};"
-            f" search - hand {s_best - h_best:+.4f}"
-        )
-        if scale.best_margin is not None:
-            ok = s_best - h_best >= scale.best_margin
-            line += f" (asked: >= {scale.best_margin:+.3f}: {'yes' if ok else 'no'})"
-        lines.append(line)
+        header.append(f"median time to {t:g}: theirs, search (search / theirs)")
     if scale.reach is not None:
         value, minutes = scale.reach
-        counts = {
-            c: sum((time_to(r["points"], value) or float("inf")) <= minutes * 60 for r in rs)
-            for c, rs in pair.items()
-        }
-        lines.append(
-            f"- seeds that reached {value:g} within {minutes:g} min: search"
-            f" {counts['search']} of {n}, hand {counts['hand']} of {n}"
+        header.append(f"seeds that reached {value:g} within {minutes:g} min: theirs, search")
+    lines += [
+        "`search` against each contestant, over the seeds both ran:",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *rows,
+        "",
+    ]
+    return lines
+
+
+def _by_seed(records: list[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:
+    """Per seed, the records by contestant."""
+    seeds = sorted({r["seed"] for r in records})
+    return [{r["contestant"]: r for r in records if r["seed"] == seed} for seed in seeds]
+
+
+def _lift(by_seed: list[dict[str, dict[str, Any]]], budget: float) -> list[str]:
+    """The headline: per paired seed, search's best at the budget minus centre's."""
+    pairs = [runs for runs in by_seed if "search" in runs and REFERENCE in runs]
+    if not pairs:
+        return [f"No seed has records of both `search` and `{REFERENCE}` yet: no lift to report."]
+    lifts = [
+        (runs["search"]["seed"], _difference(runs["search"], runs[REFERENCE], budget))
+        for runs in pairs
+    ]
+    known = [lift for _, lift in lifts if lift is not None]
+    per_seed = ", ".join(f"{_signed(lift)} (seed {seed})" for seed, lift in lifts)
+    n = len(pairs)
+    return [
+        f"**The service's lift over `{REFERENCE}`** (the prior's centre trained alone: what a"
+        f" user gets without a search), best at {budget / 60:g} min, `search` minus"
+        f" `{REFERENCE}`, over the {n} seed{'s' * (n > 1)} both ran: {per_seed}; median"
+        f" **{_signed(median(known))}**."
+    ]
+
+
+def _against(
+    by_seed: list[dict[str, dict[str, Any]]], other: str, scale: Scale, budget: float
+) -> str | None:
+    """One row of the comparison: `search` against `other` over their paired seeds."""
+    pairs = [(r["search"], r[other]) for r in by_seed if "search" in r and other in r]
+    if not pairs:
+        return None
+    mine, theirs = [s for s, _ in pairs], [o for _, o in pairs]
+    differences = [d for s, o in pairs if (d := _difference(s, o, budget)) is not None]
+    best = f"{_value(_median_best(theirs, budget))}, {_value(_median_best(mine, budget))}"
+    difference = (
+        ", ".join(_signed(_difference(s, o, budget)) for s, o in pairs)
+        + f" ({_signed(median(differences))})"
+    )
+    if other == "random" and scale.best_margin is not None and differences:
+        ok = median(differences) >= scale.best_margin
+        difference += f"; asked: >= {scale.best_margin:+.3f}: {'yes' if ok else 'no'}"
+    cells = [f"`{other}`", str(len(pairs)), best, difference]
+    if scale.ratio_threshold is not None:
+        t = scale.ratio_threshold
+        o, o_never = censored_median([time_to(r["points"], t) for r in theirs], budget)
+        s, s_never = censored_median([time_to(r["points"], t) for r in mine], budget)
+        cells.append(
+            f"{_censored(o, o_never, budget)}, {_censored(s, s_never, budget)}"
+            f" ({_ratio(s, s_never, o, o_never)})"
         )
-    return [*lines, ""]
+    if scale.reach is not None:
+        value, minutes = scale.reach
+        counts = [
+            sum((time_to(r["points"], value) or float("inf")) <= minutes * 60 for r in rs)
+            for rs in (theirs, mine)
+        ]
+        cells.append(f"{counts[0]} of {len(pairs)}, {counts[1]} of {len(pairs)}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def _difference(mine: dict[str, Any], theirs: dict[str, Any], budget: float) -> float | None:
+    """Best at the budget, one run minus another (None: either has no value)."""
+    a, b = best_at(mine["points"], budget), best_at(theirs["points"], budget)
+    return None if a is None or b is None else a - b
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.4f}"
 
 
 def _notes(records: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[str]:
@@ -235,6 +315,15 @@ def _notes(records: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[s
         + "; ".join(f"`{c}`" for c in commands)
         + ".",
     ]
+    renamed = [r for r in records if r.get("renamed_from")]
+    if renamed:
+        notes.append(
+            "Measured under an earlier name and renamed, not rerun: "
+            + ", ".join(
+                f"{r['contestant']} seed {r['seed']} (`{r['renamed_from']}`)" for r in renamed
+            )
+            + "."
+        )
     if other:
         notes.append(
             "Left out, made with other settings (budget, data or epochs): "
@@ -335,12 +424,13 @@ def _censored(seconds: float, never: bool, budget: float) -> str:
     return f">= {seconds / 60:.1f} min"
 
 
-def _ratio(s: float, s_never: bool, h: float, h_never: bool) -> str:
-    if s_never and h_never:
+def _ratio(s: float, s_never: bool, o: float, o_never: bool) -> str:
+    """search's median time over another's; either may rest on the budget."""
+    if s_never and o_never:
         return "— (neither median reached it)"
     # A median that rests on the budget is a lower bound of the true time.
-    bound = "<= " if h_never else ">= " if s_never else ""
-    return f"{bound}{s / h:.2f}"
+    bound = "<= " if o_never else ">= " if s_never else ""
+    return f"{bound}{s / o:.2f}"
 
 
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:

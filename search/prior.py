@@ -39,11 +39,14 @@ RETRY = "retry"
 ENQUEUED = "enqueued"
 
 # Chances of each origin while the model-based sampler is still in its random start-up,
-# and after it. Without an incumbent yet, the mutation's share goes to the prior.
+# and after it. Without an incumbent yet, the mutation's share goes to the prior. A
+# judgement, neither measured nor taken from PriorBand (whose mix adapts as it goes): the
+# prior leads while TPE samples at random, TPE leads once it models.
 EARLY_WEIGHTS = {PRIOR_SAMPLE: 0.6, MUTATION: 0.2, SAMPLER: 0.2}
 LATE_WEIGHTS = {PRIOR_SAMPLE: 0.2, MUTATION: 0.3, SAMPLER: 0.5}
 # A mutation moves each param with this chance, by a normal of this standard deviation
-# in units of the param's (log) range (PriorBand's local perturbation is of this kind).
+# in units of the param's (log) range. PriorBand's local perturbation of the incumbent is
+# of this kind; these two values are a judgement, not measured.
 MUTATION_RATE = 0.5
 MUTATION_STD = 0.15
 

@@ -33,7 +33,7 @@ class StudyError(ValueError):
     """A study that is missing, or does not match the definition given for it."""
 
 
-# TPE's random start-up, sized for studies of 15-60 trials (Optuna's default is 10).
+# TPE's random start-up: a judgement for studies of 15-60 trials (Optuna's default is 10).
 N_STARTUP_TRIALS = 8
 
 

@@ -29,7 +29,7 @@ REQUIRED = ("suggest", "build", "BASELINES")
 
 
 class Prior(NamedTuple):
-    """A belief about one param: where a strong practitioner starts, and how sure one is.
+    """A belief about one param: where the search starts, and how sure one is.
 
     `spread` is, for a number, the standard deviation of a normal around `centre` in
     units of the param's range (of its logarithm where the param is log-scaled); for a

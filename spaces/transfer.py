@@ -73,23 +73,29 @@ def suggest(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
-# Where a strong practitioner starts transfer learning, from general sources only (the
-# Keras guide "Transfer learning & fine-tuning"); the same for every dataset.
+# Where the search starts: the Keras guide "Transfer learning & fine-tuning" where it gives a
+# value, a judgement (not measured, and not tuned on any study's data) where it gives none.
+# The same for every dataset; the spreads are a judgement too.
 PRIOR: dict[str, Prior] = {
-    # The backbone's smallest input with ImageNet weights of its own, images resized to it.
+    # MobileNetV2's smallest input with ImageNet weights of its own (Keras Applications),
+    # images resized to it: a judgement over padding them.
     "input_size": Prior(96, 0.3),
     "input_fit": Prior("resize", 0.2),
     # First train a new head on the frozen backbone (the guide's first step).
     "unfrozen_layers": Prior(0, 0.2),
-    # Global average pooling and dropout 0.2 before the classifier, as in the guide.
+    # Global average pooling and dropout 0.2 before the classifier, as in the guide; the
+    # guide has no hidden layer or batch norm in its head: Dense 128 without batch norm is
+    # a judgement.
     "head_pooling": Prior("avg", 0.1),
     "head_batch_norm": Prior(False, 0.3),
     "head_units": Prior(128, 0.2),
     "head_dropout": Prior(0.2, 0.2),
-    # Adam at 1e-3 for the new head; a backbone being fine-tuned learns far slower (the
-    # guide fine-tunes at 1e-5, a hundredth).
+    # Adam at Keras' default 1e-3 for the new head, as the guide compiles it; a backbone
+    # being fine-tuned learns a hundredth as fast (the guide fine-tunes at 1e-5).
     "learning_rate": Prior(1e-3, 0.2),
     "backbone_lr_scale": Prior(1e-2, 0.2),
+    # A cosine decay (Loshchilov & Hutter 2017), as in the other spaces; batch 64, a
+    # judgement.
     "schedule": Prior("cosine", 0.3),
     "batch_size": Prior(64, 0.3),
 }

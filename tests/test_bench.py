@@ -15,15 +15,23 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from benchmarks.digits import digits_sections
 from benchmarks.efficiency import (
+    DEFAULT_CONTESTANTS,
+    NOTEBOOK_EPOCHS,
     RecordConflict,
     censored_median,
+    conflicts,
     epoch_points,
     plan_runs,
     run_all,
     time_to,
 )
 from benchmarks.report import write_efficiency_report
+from search.config import from_dict
+from search.prior import BASELINE, ORIGIN_ATTR, PRIOR_CENTRE
+from search.study import create_study, make_pruner, make_sampler, study_prior
+from spaces import conv
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = 1_800_000_000.0  # a UNIX time; trials are placed in seconds after it
@@ -113,12 +121,15 @@ def test_never_reaching_a_threshold_counts_as_the_budget_in_the_median():
     assert censored_median([120.0, None, None, 200.0], BUDGET) == ((200.0 + BUDGET) / 2, True)
 
 
-def _runs(out: Path, *, budget: float = 1.0, seeds: int = 2):
-    base = tomllib.loads((REPO / "studies" / "conv.toml").read_text())
+def _base() -> dict:
+    return tomllib.loads((REPO / "studies" / "conv.toml").read_text())
+
+
+def _runs(out: Path, *, budget: float = 1.0, seeds: int = 2, contestants=("search", "random")):
     return plan_runs(
-        base,
+        _base(),
         dataset="fashion_mnist",
-        contestants=("search", "hand"),
+        contestants=contestants,
         seeds=seeds,
         budget_minutes=budget,
         out_dir=out,
@@ -126,12 +137,22 @@ def _runs(out: Path, *, budget: float = 1.0, seeds: int = 2):
     )
 
 
+# Each contestant's best value at 30 s in the fake runs, per seed.
+FAKE_BEST = {
+    "search": (0.93, 0.93),
+    "centre": (0.92, 0.925),
+    "notebook": (0.91, 0.91),
+    "tpe": (0.90, 0.90),
+    "random": (0.80, 0.80),
+}
+
+
 def fake_runner(calls: list):
     def run(run, study_file, log):
         calls.append((run.contestant, run.seed))
         return {
             "launched": LAUNCH,
-            "points": [[30.0, 0.9 if run.contestant == "search" else 0.8]],
+            "points": [[30.0, FAKE_BEST[run.contestant][run.seed]]],
             "trials_started": 3,
             "trials_pruned": 1,
         }
@@ -140,11 +161,9 @@ def fake_runner(calls: list):
 
 
 def test_runs_are_interleaved_by_seed(tmp_path):
-    assert [(r.contestant, r.seed) for r in _runs(tmp_path)] == [
-        ("search", 0),
-        ("hand", 0),
-        ("search", 1),
-        ("hand", 1),
+    runs = _runs(tmp_path, contestants=DEFAULT_CONTESTANTS)
+    assert [(r.contestant, r.seed) for r in runs] == [
+        (c, seed) for seed in (0, 1) for c in ("search", "centre", "notebook", "tpe", "random")
     ]
 
 
@@ -153,12 +172,12 @@ def test_a_finished_record_is_skipped_on_rerun(tmp_path):
     calls: list = []
     kwargs = {"workdir": work, "command": "test", "settle_seconds": 0, "log": lambda _: None}
     run_all(_runs(out, seeds=1), runner=fake_runner(calls), **kwargs)
-    assert calls == [("search", 0), ("hand", 0)]
+    assert calls == [("search", 0), ("random", 0)]
     record = out / "efficiency" / "fashion_mnist" / "search-seed0.json"
     first = record.read_text()
     calls.clear()
     run_all(_runs(out, seeds=2), runner=fake_runner(calls), **kwargs)
-    assert calls == [("search", 1), ("hand", 1)]
+    assert calls == [("search", 1), ("random", 1)]
     assert record.read_text() == first
     assert json.loads(first)["settings"]["study"]["trials"]["sampler"] == "tpe"
 
@@ -168,20 +187,20 @@ def test_a_record_with_other_settings_stops_the_run_and_is_kept(tmp_path):
     calls: list = []
     kwargs = {"workdir": work, "command": "test", "settle_seconds": 0, "log": lambda _: None}
     run_all(_runs(out, seeds=1), runner=fake_runner(calls), **kwargs)
-    record = out / "efficiency" / "fashion_mnist" / "hand-seed0.json"
+    record = out / "efficiency" / "fashion_mnist" / "random-seed0.json"
     before = record.read_text()
     calls.clear()
     with pytest.raises(RecordConflict):
         run_all(_runs(out, seeds=1, budget=2.0), runner=fake_runner(calls), **kwargs)
     assert calls == [] and record.read_text() == before
     run_all(_runs(out, seeds=1, budget=2.0), runner=fake_runner(calls), replace=True, **kwargs)
-    assert calls == [("search", 0), ("hand", 0)]
+    assert calls == [("search", 0), ("random", 0)]
     assert json.loads(record.read_text())["settings"]["budget_minutes"] == 2.0
-    superseded = list((record.parent / "superseded").glob("hand-seed0-*.json"))
+    superseded = list((record.parent / "superseded").glob("random-seed0-*.json"))
     assert [p.read_text() for p in superseded] == [before]
 
 
-def test_a_changed_prior_makes_the_search_record_stale_not_the_hand_loops(tmp_path, monkeypatch):
+def test_a_changed_prior_makes_the_search_record_stale_not_randoms(tmp_path, monkeypatch):
     import spaces.conv
 
     out, work = tmp_path / "out", tmp_path / "work"
@@ -248,21 +267,115 @@ def test_a_run_beside_another_program_is_marked_disturbed(tmp_path):
     assert record["foreign_cpu"]["share"] > 0.5
 
 
-def test_the_hand_study_is_random_unpruned_and_without_prior(tmp_path):
-    hand = next(r for r in _runs(tmp_path) if r.contestant == "hand")
-    trials = hand.settings["study"]["trials"]
-    assert (trials["sampler"], trials["pruner"], trials["prior"]) == ("random", "none", False)
-    search = next(r for r in _runs(tmp_path) if r.contestant == "search")
-    conv = tomllib.loads((REPO / "studies" / "conv.toml").read_text())["trials"]
-    assert search.settings["study"]["trials"]["pruner"] == conv["pruner"]
+def _created(run) -> tuple:
+    """A contestant's study as `search run` creates it (in memory), and its definition."""
+    config = from_dict(run.sections, source=run.name)
+    storage = optuna.storages.InMemoryStorage()
+    centre = study_prior(config)[1] if config.trials.prior else None
+    study, _ = create_study(config, storage, dict(conv.BASELINES), prior_centre=centre)
+    return study, config
+
+
+def _asked(study: optuna.Study) -> list[optuna.Trial]:
+    """The queued trials, asked for one by one as a worker does, each drawn by the space."""
+    trials = []
+    for _ in study.get_trials(states=(TrialState.WAITING,)):
+        trial = study.ask()
+        conv.suggest(trial)
+        trials.append(trial)
+    return trials
+
+
+def _contestant(tmp_path, name: str):
+    return next(r for r in _runs(tmp_path, contestants=(name,)) if r.seed == 0)
+
+
+def test_random_samples_at_random_without_pruning_or_prior(tmp_path):
+    study, config = _created(_contestant(tmp_path, "random"))
+    assert type(make_sampler(config, worker_index=0)) is optuna.samplers.RandomSampler
+    assert isinstance(make_pruner(config), optuna.pruners.NopPruner)
+    # Nothing queued: no prior centre, no baselines.
+    assert study.get_trials() == []
+
+
+def test_tpe_is_tpe_with_successive_halving_and_no_prior(tmp_path):
+    run = _contestant(tmp_path, "tpe")
+    study, config = _created(run)
+    assert type(make_sampler(config, worker_index=0)) is optuna.samplers.TPESampler
+    assert isinstance(make_pruner(config), optuna.pruners.SuccessiveHalvingPruner)
+    assert study.get_trials() == []
+    # A search: one 1-thread worker per core, as `search` runs.
+    assert (run.settings["workers"], run.settings["threads_per_worker"]) == (2, 1)
+
+
+def test_centre_trains_the_prior_centre_alone_on_all_cores(tmp_path):
+    run = _contestant(tmp_path, "centre")
+    study, config = _created(run)
+    queued = _asked(study)
+    assert [t.params for t in queued] == [study_prior(config)[1]]
+    assert queued[0].user_attrs[ORIGIN_ATTR] == PRIOR_CENTRE
+    # Then nothing else: the budget is that one trial, unpruned, trained as `search` does.
+    assert config.trials.n_trials == 1
+    assert isinstance(make_pruner(config), optuna.pruners.NopPruner)
+    assert config.trials.max_epochs == _base()["trials"]["max_epochs"]
+    assert (run.settings["workers"], run.settings["threads_per_worker"]) == (1, 2)
+
+
+def test_notebook_trains_its_models_in_its_order_and_nothing_else(tmp_path):
+    run = _contestant(tmp_path, "notebook")
+    study, config = _created(run)
+    queued = _asked(study)
+    assert [t.user_attrs["baseline"] for t in queued] == [
+        "model_a",
+        "model_b",
+        "model_c",
+        "model_d",
+    ]
+    assert [t.params for t in queued] == list(conv.BASELINES.values())
+    assert {t.user_attrs[ORIGIN_ATTR] for t in queued} == {BASELINE}
+    assert config.trials.n_trials == len(conv.BASELINES)
+    assert isinstance(make_pruner(config), optuna.pruners.NopPruner)
+    assert config.trials.max_epochs == NOTEBOOK_EPOCHS
+    # One model at a time on all cores, as the notebook trained them.
+    assert (run.settings["workers"], run.settings["threads_per_worker"]) == (1, 2)
+    # The base study's epochs stay in the record: the report keeps it beside the others.
+    assert run.settings["base_max_epochs"] == _base()["trials"]["max_epochs"]
+
+
+def test_search_is_the_study_as_written(tmp_path):
+    search = _contestant(tmp_path, "search")
+    conv_trials = _base()["trials"]
+    trials = search.settings["study"]["trials"]
+    assert (trials["sampler"], trials["pruner"], trials["prior"]) == (
+        conv_trials["sampler"],
+        conv_trials["pruner"],
+        conv_trials["prior"],
+    )
     assert search.settings["study"]["study"]["seed"] == search.seed
 
 
-def test_the_report_compares_paired_seeds(tmp_path):
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "digits"])
+def test_the_committed_random_records_resume_under_their_name(dataset):
+    """The records measured as `hand` were renamed, not rerun: a rerun skips them."""
+    base = _base() if dataset == "fashion_mnist" else digits_sections(_base())
+    runs = plan_runs(
+        base,
+        dataset=dataset,
+        contestants=("random",),
+        seeds=3,
+        budget_minutes=20 if dataset == "fashion_mnist" else 3,
+        out_dir=REPO / "benchmarks" / "results",
+        workers=2,
+    )
+    assert all(run.path.exists() for run in runs)
+    assert conflicts(runs) == []
+
+
+def test_the_report_leads_with_the_lift_over_centre(tmp_path):
     out = tmp_path / "out"
     calls: list = []
     run_all(
-        _runs(out, seeds=2),
+        _runs(out, seeds=2, contestants=DEFAULT_CONTESTANTS),
         workdir=tmp_path / "work",
         command="test",
         settle_seconds=0,
@@ -270,6 +383,19 @@ def test_the_report_compares_paired_seeds(tmp_path):
         log=lambda _: None,
     )
     text = write_efficiency_report(out).read_text()
-    assert "search 0.9000, hand 0.8000; search - hand +0.1000" in text
-    assert "over the 2 seeds both ran" in text
+    # Paired by seed: search minus centre in each seed, then their median.
+    assert "+0.0100 (seed 0), +0.0050 (seed 1); median **+0.0075**" in text
+    assert text.index("lift over `centre`") < text.index("`search` against each contestant")
+    for contestant in ("centre", "notebook", "tpe", "random"):
+        assert f"| `{contestant}` | 2 |" in text
+    # random: 0.80 in both seeds, search 0.93.
+    assert "| `random` | 2 | 0.8000, 0.9300 | +0.1300, +0.1300 (+0.1300) |" in text
+    assert "`notebook` (the notebook's models" in text
     assert (out / "efficiency" / "fashion_mnist" / "best_so_far.png").stat().st_size > 0
+
+
+def test_centre_needs_a_space_with_a_prior(tmp_path, monkeypatch):
+    # A space without a prior has no centre to train.
+    monkeypatch.delattr(conv, "PRIOR")
+    with pytest.raises(ValueError, match="no PRIOR"):
+        _runs(tmp_path, contestants=("centre",))
