@@ -12,7 +12,7 @@ WORKERS ?= 1
 STUDY ?= studies/quick.toml
 # make bench: the parts to run, minutes of wall clock per run of part 1 on Fashion-MNIST and
 # on the digits, seeds per contestant, more flags (python -m benchmarks.bench --help), e.g.
-# PARTS=overhead,storage,cores or BENCH_ARGS="--contestants search,hand,kerastuner".
+# PARTS=overhead,storage,cores or BENCH_ARGS="--contestants search,centre,kerastuner".
 PARTS ?= efficiency,digits
 BUDGET_MINUTES ?= 20
 DIGITS_BUDGET_MINUTES ?= 3

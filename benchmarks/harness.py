@@ -85,8 +85,9 @@ def run_search(
             (progress lines); its errors are the caller's to catch.
 
     Returns the wall-clock time of the launch, on the clock Optuna stamps trials with.
-    Stopped workers fail their running trials ("Interrupted"); trials that finished in
-    time are the run's result. Interrupted here (Ctrl-C), it stops the run before raising.
+    Stopped workers fail their running trials ("Interrupted") and queue them again;
+    every epoch that ended in time counts toward the run's result. Interrupted here
+    (Ctrl-C), it stops the run before raising.
     """
     cmd = [sys.executable, "-m", "search", "run", str(study_file), "--storage", storage]
     cmd += ["--workers", str(workers), "--threads", str(threads)]
@@ -134,10 +135,9 @@ def study_trials(study_name: str, storage: str) -> list[optuna.trial.FrozenTrial
 
 
 def completed_epochs(trial: optuna.trial.FrozenTrial) -> int:
-    """Epochs a trial trained in full; an interrupted trial's last epoch was cut short."""
-    n = len(trial.user_attrs.get("history", {}).get("loss", []))
-    interrupted = trial.user_attrs.get("fail_reason", "").startswith("Interrupted")
-    return max(0, n - 1) if interrupted else n
+    """Epochs a trial trained in full (a stopped trial stops between batches and records
+    no part of the epoch it was in)."""
+    return len(trial.user_attrs.get("history", {}).get("loss", []))
 
 
 def best_epoch_value(trial: optuna.trial.FrozenTrial, metric: str = "val_accuracy") -> float:
