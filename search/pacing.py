@@ -175,10 +175,16 @@ class Pacer(keras.callbacks.Callback):
             self.log(f"trial {self.trial.number}: {note}")
 
 
-def typical_epoch_seconds(study: optuna.Study, *, exclude: int) -> float | None:
-    """The median over the study's other trials of their median epoch's seconds."""
+def typical_epoch_seconds(
+    study: optuna.Study, *, exclude: int, first: bool = False
+) -> float | None:
+    """The median over the study's other trials of their median epoch's seconds.
+
+    Args:
+        first: of their first epochs instead, which also build and trace the model.
+    """
     per_trial = [
-        statistics.median(seconds)
+        seconds[0] if first else statistics.median(seconds)
         for t in study.get_trials(deepcopy=False)
         if t.number != exclude and (seconds := t.user_attrs.get("epoch_seconds"))
     ]

@@ -17,7 +17,7 @@ from typing import TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import PLANNED_ATTR, Progress
+from search.budget import DEADLINE_ATTR, PLANNED_ATTR, Progress
 from search.ranking import best_value
 
 
@@ -62,6 +62,7 @@ class Display:
         self.live = not quiet and self.stream.isatty()
         self._drawn = 0  # lines of the live block on screen
         self._seen: dict[int, int] = {}  # trial number -> epochs already printed
+        self.shown: set[int] = set()  # running trials shown, whose end is still to tell
         self._last_study_line = ""
 
     def event(self, line: str) -> None:
@@ -124,8 +125,29 @@ def show(
     max_epochs: int,
     deadline: float | None,
 ) -> None:
-    """Read the study's running trials and show them with its line."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    """Read the study's running trials and show them with its line; say how those shown
+    before ended."""
+    trials = study.get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    for t in trials:
+        if t.number in display.shown and t.state != TrialState.RUNNING:
+            display.shown.discard(t.number)
+            display.event(ended_line(t, metric, max_epochs))
     lines = {t.number: trial_line(t, metric, direction, max_epochs) for t in running}
     epochs = {t.number: len(t.user_attrs.get("history", {}).get("loss", [])) for t in running}
+    display.shown |= set(lines)
     display.update(state.line(n_trials, metric), time_left(deadline), lines, epochs)
+
+
+def ended_line(trial: FrozenTrial, metric: str, max_epochs: int) -> str:
+    """How a trial ended: its state, value and epochs, and the reason where there is one."""
+    attrs = trial.user_attrs
+    text = f"trial {trial.number} {trial.state.name.lower()}"
+    if trial.value is not None:
+        text += f": {metric} {trial.value:.4f}"
+        if "best_epoch" in attrs:
+            text += f" at epoch {attrs['best_epoch']}"
+    text += f" after {epochs_text(trial, max_epochs)} epochs"
+    reason = attrs.get(DEADLINE_ATTR) and "stopped at the deadline"
+    reason = reason or attrs.get("pruned_reason") or attrs.get("fail_reason")
+    return f"{text} ({reason})" if reason else text

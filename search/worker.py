@@ -194,6 +194,11 @@ def run_worker(
                 reap(study)
                 time.sleep(TAIL_WAIT_SECONDS)
                 continue
+            if deadline is not None and _no_time_for_an_epoch(study, deadline, log, worker_index):
+                # Idle until the deadline, when the timer sets STOP (a trial started now
+                # would be stopped before its first epoch and queued again for nothing).
+                STOP.wait(max(0.0, deadline - time.time()))
+                break
             try:
                 study.optimize(objective, n_trials=1, callbacks=[prune])
             except Interrupted:
@@ -214,6 +219,23 @@ def run_worker(
     summary = progress(study).line(config.trials.n_trials, config.study.metric)
     log(f"worker {worker_index}: ran {n_run} trials; {summary}")
     return n_run
+
+
+def _no_time_for_an_epoch(
+    study: optuna.Study, deadline: float, log: Callable[[str], None], worker_index: int
+) -> bool:
+    """Less time is left before the deadline than the study's typical epoch takes."""
+    from search.pacing import EPOCH_SAFETY, typical_epoch_seconds
+
+    typical = typical_epoch_seconds(study, exclude=-1, first=True)
+    left = deadline - time.time()
+    if typical is None or left >= typical * EPOCH_SAFETY:
+        return False
+    log(
+        f"worker {worker_index}: {left:.0f} s left, less than the study's typical first"
+        f" epoch ({typical:.0f} s): no new trial"
+    )
+    return True
 
 
 def _start_timer(deadline: float) -> threading.Timer:
