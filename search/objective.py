@@ -40,6 +40,7 @@ from search.failures import FAIL_REASON_ATTR, fail
 from search.folders import FileSplit
 from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
 from search.ranking import best_value
+from search.slurm import array_task
 from search.training import (
     ResumablePlateau,
     describe_device,
@@ -141,7 +142,9 @@ class Objective:
         keras.backend.clear_session()
         gc.collect()
         self.last_trial = trial.number
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        task = array_task()
+        where = f"{socket.gethostname()}:{os.getpid()}" + (f" slurm {task}" if task else "")
+        trial.set_user_attr("worker", where)
         _record_origin(trial)
         try:
             check_claim(trial, self.config.trials.n_trials)
