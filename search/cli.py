@@ -791,7 +791,6 @@ def _submit_commands(sub, common: argparse.ArgumentParser) -> None:
             help="CPUs of each worker, its TensorFlow threads (1)",
         )
         c.add_argument("--gpus-per-task", type=_positive_int, metavar="N", help="GPUs of each")
-        _data_dir_flag(c)
         _cache_flag(c)
         _mixed_precision_flag(c)
         return c
@@ -804,11 +803,12 @@ def _submit_commands(sub, common: argparse.ArgumentParser) -> None:
     c.add_argument("--partition", help="sbatch --partition")
     c.add_argument("--time", help="sbatch --time: each task's limit (MINUTES, D-HH:MM:SS...)")
     c.add_argument("--account", help="sbatch --account")
+    _data_dir_flag(c)
     c.add_argument(
         "--sbatch-options",
         metavar='"OPTIONS"',
         default="",
-        help='more sbatch options, as one string: "--qos=high --mem=16G"',
+        help='more sbatch options, as one string: --sbatch-options="--qos=high --mem=16G"',
     )
     c.add_argument(
         "--dry-run", action="store_true", help="print the sbatch script; create and submit nothing"
@@ -824,12 +824,6 @@ def _submit_commands(sub, common: argparse.ArgumentParser) -> None:
     c.add_argument("--image", default="search:latest", help="the image built from the Dockerfile")
     c.add_argument("--namespace", help="the manifests' namespace (default: kubectl's)")
     c.add_argument("--memory", default="4Gi", help="memory of each worker (4Gi)")
-    c.add_argument(
-        "--storage-secret",
-        metavar="NAME",
-        help="an existing Secret whose key `url` is the storage URL (an external database);"
-        " default: the manifests run PostgreSQL, or hold --storage in a Secret",
-    )
 
 
 def _submit_slurm(args: argparse.Namespace) -> int:
@@ -877,7 +871,35 @@ def _submit_slurm(args: argparse.Namespace) -> int:
 
 
 def _submit_kubernetes(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from search.kubernetes import KubernetesStudy, dump_manifests
+    from spaces import load_space
+
+    config = load_config(args.study_file)
+    check_space_options(config, load_space(config.study.space), source=args.study_file)
+    url = args.storage or os.environ.get("SEARCH_STORAGE")
+    checkpoints = os.environ.get(CHECKPOINTS_ENV)
+    if checkpoints and not (checkpoints == "none" or checkpoints.startswith("s3://")):
+        raise ManifestError(
+            f"checkpoints {checkpoints!r}: a folder here is not in the pods; give s3://..., none,"
+            " or nothing (a ReadWriteMany volume that every pod mounts)"
+        )
+    worker_args = ["--cache", args.cache] if args.cache else []
+    worker_args += ["--mixed-precision"] if args.mixed_precision else []
+    study = KubernetesStudy(
+        study_name=config.name,
+        study_text=Path(args.study_file).read_text(),
+        n_workers=args.workers,
+        image=args.image,
+        namespace=args.namespace,
+        cpus=args.cpus_per_task,
+        memory=args.memory,
+        gpus=args.gpus_per_task,
+        storage_url=storage_url(url) if url else None,
+        checkpoints=checkpoints,
+        worker_args=worker_args,
+    )
+    print(dump_manifests(study), end="")
+    return 0
 
 
 def _print_best(study_name: str, storage) -> None:
