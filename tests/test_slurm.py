@@ -14,10 +14,10 @@ from optuna.trial import TrialState
 from pgserver import PostgresServer
 from slurmcluster import SlurmCluster, unavailable
 
+from search.cli import main
 from search.status import print_status
 from search.storage import open_storage
 
-pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 N_TRIALS, N_WORKERS = 5, 3
 # Seconds the array may take; it takes about a minute on 2 cores.
@@ -36,6 +36,7 @@ def submit(*args: str, cwd, slurm: SlurmCluster) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_job_array_runs_the_study_and_a_requeued_task_trial_resumes(tmp_path, write_study):
     if reason := unavailable():
         pytest.skip(reason)
@@ -105,6 +106,57 @@ def test_a_job_array_runs_the_study_and_a_requeued_task_trial_resumes(tmp_path, 
     assert retry.params == params and retry.state in DONE
     assert retry.user_attrs["resumed_from"]["trial"] == number
     assert retry.user_attrs["resumed_from"]["epoch"] >= 1
+
+
+PG = "postgresql+psycopg://search@db.example.org:5432/search"
+
+
+def test_dry_run_prints_the_array_script(write_study, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEARCH_CHECKPOINTS", raising=False)
+    args = ["--workers", "4", "--cpus-per-task", "2", "--gpus-per-task", "1", "--time", "0-04:00"]
+    args += ["--partition", "gpu", "--account", "lab", "--sbatch-options=--qos=high --mem 16G"]
+    code = main(["submit", "slurm", str(write_study()), *args, "--storage", PG, "--dry-run"])
+    script = capsys.readouterr().out
+    assert code == 0
+    lines = script.splitlines()
+    for option in [
+        "--array=0-3",
+        "--cpus-per-task=2",
+        "--gpus-per-task=1",
+        "--partition=gpu",
+        "--time=0-04:00",
+        "--account=lab",
+        "--qos=high",
+        "--mem 16G",
+        "--requeue",
+        f"--output={tmp_path}/runs/t/slurm/%x-%A_%a.log",
+    ]:
+        assert f"#SBATCH {option}" in lines, script
+    # Each task runs one worker in place of the shell, so SLURM's signals reach it.
+    assert lines[-1].startswith("exec ") and "-m search worker --study-name t" in lines[-1]
+    assert f"export SEARCH_CHECKPOINTS={tmp_path}/runs" in lines
+    # The storage URL is not in the script (sbatch's environment carries it).
+    assert "db.example.org" not in script
+    # A dry run writes nothing.
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--time", "4h"], "--time '4h': give SLURM's MINUTES, HH:MM:SS or D-HH:MM:SS"),
+        (["--partition", "a b"], "--partition 'a b': a SLURM name has only"),
+        (["--sbatch-options=--array=0-9"], "--array is set by search submit (for --workers)"),
+        (["--sbatch-options=high"], "'high' is not an option"),
+        (["--storage", "sqlite:///x.db"], "storage sqlite:///x.db: the tasks of a job array"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_value_and_the_rule(write_study, capsys, args, message):
+    storage = [] if "--storage" in args else ["--storage", PG]
+    code = main(["submit", "slurm", str(write_study()), "--workers", "2", *storage, *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
 
 
 def test_status_says_where_a_running_trial_runs(capsys):
