@@ -10,7 +10,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 from pgserver import _free_port
 
@@ -63,12 +62,8 @@ class SlurmCluster:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        """Cancel the jobs and stop the cluster, whether or not the block failed."""
         self.close()
 
     def _start(self) -> None:
