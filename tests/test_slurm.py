@@ -63,7 +63,7 @@ def test_a_job_array_runs_the_study_and_a_requeued_task_trial_resumes(tmp_path, 
         while (jobs := slurm.jobs()) and time.monotonic() < deadline:
             if requeued is None:
                 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                    # After its first epoch's checkpoint, with 3 epochs to go.
+                    # After its first or second epoch's checkpoint, with epochs to go.
                     if (
                         len(t.intermediate_values) == 1
                         and (checkpoints / f"trial-{t.number}.npz").exists()
