@@ -22,8 +22,15 @@ from search.cli import (
     _prepare,
 )
 from search.config import check_space_options, load_config
-from search.kubernetes import ManifestError
-from search.slurm import SubmitError
+from search.kubernetes import KubernetesStudy, ManifestError, dump_manifests
+from search.slurm import (
+    SlurmArray,
+    SubmitError,
+    batch_script,
+    parse_sbatch_options,
+    shared_checkpoints,
+    submit,
+)
 from search.storage import DEFAULT_STORAGE, storage_url
 
 
@@ -84,9 +91,6 @@ def add_submit_commands(sub, common: argparse.ArgumentParser) -> None:
 
 
 def _submit_slurm(args: argparse.Namespace) -> int:
-    from search.slurm import SlurmArray, batch_script, parse_sbatch_options, shared_checkpoints
-    from search.slurm import submit as sbatch
-
     storage = args.storage or os.environ.get("SEARCH_STORAGE") or DEFAULT_STORAGE
     if storage.startswith("sqlite"):
         raise SubmitError(
@@ -119,7 +123,7 @@ def _submit_slurm(args: argparse.Namespace) -> int:
     array.log_dir.mkdir(parents=True, exist_ok=True)
     path = array.log_dir / f"{array.job_name}.sbatch"
     path.write_text(script)
-    job = sbatch(path, storage=storage)
+    job = submit(path, storage=storage)
     print(
         f"submitted job array {job} ({args.workers} workers of {name!r}); script {path};"
         f" logs {array.log_dir}/{array.job_name}-{job}_<task>.log"
@@ -128,7 +132,6 @@ def _submit_slurm(args: argparse.Namespace) -> int:
 
 
 def _submit_kubernetes(args: argparse.Namespace) -> int:
-    from search.kubernetes import KubernetesStudy, dump_manifests
     from spaces import load_space
 
     config = load_config(args.study_file)
