@@ -59,7 +59,7 @@ data:
 	$(call apt_install,dataset-fashion-mnist,Keras will download Fashion-MNIST)
 
 test-deps:
-	$(call apt_install,postgresql chromium docker-compose jq,the tests that need them fail)
+	$(call apt_install,postgresql chromium docker-compose jq munge slurmctld slurmd slurm-client,the tests that need them fail or skip)
 
 # The benchmarks of benchmarks/bench.py (benchmarks/README.md); they need the machine alone.
 # The default, part 1 on Fashion-MNIST and on the digits, 3 seeds x 2 contestants, takes about

@@ -31,6 +31,8 @@ from search.config import ConfigError, StudyConfig, check_space_options, load_co
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT, DashboardError, serve_dashboard
 from search.data import CACHE_MODES, DataError, Dataset, resolve_cache
 from search.export import ExportError, exported_params
+from search.kubernetes import ManifestError
+from search.slurm import SubmitError
 from search.storage import (
     GRACE_ENV,
     HEARTBEAT_ENV,
@@ -48,9 +50,11 @@ USER_ERRORS = (
     DashboardError,
     DataError,
     ExportError,
+    ManifestError,
     SpaceError,
     StorageError,
     StudyError,
+    SubmitError,
 )
 RUNS_DIR = Path("runs")
 # -v/-q as a number (-2 to 1), for the worker processes a supervisor starts.
@@ -286,6 +290,10 @@ def _parser() -> argparse.ArgumentParser:
         " (default: runs/STUDY_NAME)",
     )
     _data_dir_flag(p)
+    # Imported here: search.submit builds its commands on this module's flags and _prepare.
+    from search.submit import add_submit_commands
+
+    add_submit_commands(sub, common)
     return parser
 
 

@@ -41,6 +41,7 @@ from search.folders import FileSplit
 from search.pacing import Interrupted, Pacer, typical_epoch_seconds
 from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
 from search.ranking import best_value
+from search.slurm import array_task
 from search.training import (
     Horizon,
     ResumablePlateau,
@@ -157,7 +158,9 @@ class Objective:
         keras.backend.clear_session()
         gc.collect()
         self.last_trial = trial.number
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        task = array_task()
+        where = f"{socket.gethostname()}:{os.getpid()}" + (f" slurm {task}" if task else "")
+        trial.set_user_attr("worker", where)
         _record_origin(trial)
         try:
             check_claim(trial, self.config.trials.n_trials)

@@ -151,7 +151,7 @@ def _load(study_name: str, storage: optuna.storages.BaseStorage) -> optuna.Study
 
 
 def trial_note(t: FrozenTrial) -> str:
-    """A trial's baseline name, whether it retries another, and why it failed."""
+    """A trial's baseline name, whether it retries another, where it runs, why it failed."""
     notes = []
     if "baseline" in t.user_attrs:
         notes.append(t.user_attrs["baseline"])
@@ -163,6 +163,9 @@ def trial_note(t: FrozenTrial) -> str:
             else ""
         )
         notes.append(f"retry of #{t.system_attrs['failed_trial']}{went_on}")
+    if t.state == TrialState.RUNNING and "worker" in t.user_attrs:
+        # host:pid, and the SLURM array task (the %A_%a of its log) where there is one.
+        notes.append(f"on {t.user_attrs['worker']}")
     if t.state == TrialState.FAIL:
         notes.append(t.user_attrs.get("fail_reason", "worker stopped heartbeating"))
     if "pruned_reason" in t.user_attrs:

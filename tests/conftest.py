@@ -47,6 +47,7 @@ LONGEST_FIRST = {
     "test_short_transfer_study_runs_through_the_cli": 60,
     "test_parallel_reevaluation_gives_each_seed_the_result_it_gets_alone": 59,
     "test_browser_watches_a_real_run_whose_workers_never_lock": 54,
+    "test_a_job_array_runs_the_study_and_a_requeued_task_trial_resumes": 46,
     "test_reevaluated_export_ranks_by_mean_and_retrain_reports_it": 49,
     "test_a_study_keeps_its_best_models_exports_them_and_shows_them": 35,
     "test_sigterm_to_the_supervisor_stops_its_workers": 33,
