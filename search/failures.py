@@ -101,7 +101,8 @@ def fail_running(study: optuna.Study, workers: set[str], reason: str) -> list[in
 
     numbers = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker") in workers:
+        # "host:pid", followed by the SLURM task where the worker runs in one.
+        if t.user_attrs.get("worker", "").split(" ")[0] in workers:
             # The trial's id is not public on a FrozenTrial; Trial takes it to write attrs.
             Trial(study, t._trial_id).set_user_attr(FAIL_REASON_ATTR, reason)
             study.tell(t.number, state=TrialState.FAIL)

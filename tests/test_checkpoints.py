@@ -257,6 +257,15 @@ def test_a_study_keeps_its_best_models_exports_them_and_shows_them(study_run, tm
             model_file, train_subset=STUDY_RUN_TRAIN, validation_subset=STUDY_RUN_VALIDATION
         )
         assert abs(accuracy - trials[entry["number"]].value) <= 1e-4
+    # `make run`'s final step: the best trial's kept model tested once, as trained.
+    from search.export import read_export
+    from search.retrain import retrain
+
+    best = bundle["trials"][0]
+    report = retrain(read_export(out), tmp_path / "final", from_weights=True, log=lambda _: None)
+    assert report["trial"] == best["number"] and report["epochs"] == best["best_epoch"]
+    assert abs(report["validation"]["accuracy"] - best["value"]) <= 1e-4
+    assert 0 < report["test"]["accuracy"] <= 1 and (tmp_path / "final" / "model.keras").is_file()
 
 
 def _validation_accuracy(
