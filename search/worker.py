@@ -197,7 +197,8 @@ def run_worker(
             if deadline is not None and _no_time_for_an_epoch(study, deadline, log, worker_index):
                 # Idle until the deadline, when the timer sets STOP (a trial started now
                 # would be stopped before its first epoch and queued again for nothing).
-                STOP.wait(max(0.0, deadline - time.time()))
+                if not STOP.wait(max(0.0, deadline - time.time())):
+                    TIME_UP.set()  # the deadline came before its timer's thread ran
                 break
             try:
                 study.optimize(objective, n_trials=1, callbacks=[prune])

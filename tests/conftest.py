@@ -67,6 +67,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda i: -LONGEST_FIRST.get(getattr(i, "originalname", i.name), 0))
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """The environment as it was before each test: `search.cli.main`, called in-process,
+    writes its storage flags into it (a --checkpoints s3://... left there once sent a later
+    test's reaper to AWS)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[], dict]):
     """`make()`, a JSON object, once per test run, shared by the pytest-xdist workers.
 

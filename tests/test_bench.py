@@ -20,10 +20,12 @@ from benchmarks.efficiency import (
     DEFAULT_CONTESTANTS,
     NOTEBOOK_EPOCHS,
     RecordConflict,
+    _comparable,
     censored_median,
     conflicts,
     epoch_points,
     plan_runs,
+    read_record,
     run_all,
     time_to,
 )
@@ -355,8 +357,13 @@ def test_search_is_the_study_as_written(tmp_path):
 
 
 @pytest.mark.parametrize("dataset", ["fashion_mnist", "digits"])
-def test_the_committed_random_records_resume_under_their_name(dataset):
-    """The records measured as `hand` were renamed, not rerun: a rerun skips them."""
+def test_the_committed_random_records_are_found_under_their_name_and_predate_time_budgets(
+    dataset,
+):
+    """The records measured as `hand` were renamed, not rerun: a rerun finds them under
+    `random`. They were made before trials had time budgets (`trial_minutes`,
+    `max_epoch_ratio`), so their settings differ from today's in those keys alone, and a
+    rerun refuses to mix them with new runs (`--supersede` moves them aside)."""
     base = _base() if dataset == "fashion_mnist" else digits_sections(_base())
     runs = plan_runs(
         base,
@@ -368,7 +375,20 @@ def test_the_committed_random_records_resume_under_their_name(dataset):
         workers=2,
     )
     assert all(run.path.exists() for run in runs)
-    assert conflicts(runs) == []
+    for run in runs:
+        recorded = _comparable(read_record(run.path)["settings"])
+        today = run.settings
+        assert {k: v for k, v in recorded.items() if k != "study"} == {
+            k: v for k, v in today.items() if k != "study"
+        }
+        differing = {
+            (section, key)
+            for section, table in today["study"].items()
+            for key in table
+            if recorded["study"].get(section, {}).get(key, "absent") != table[key]
+        }
+        assert differing == {("trials", "trial_minutes"), ("trials", "max_epoch_ratio")}
+    assert conflicts(runs) == runs
 
 
 def test_the_report_leads_with_the_lift_over_centre(tmp_path):
