@@ -363,7 +363,7 @@ def test_the_committed_random_records_are_found_under_their_name_and_predate_tim
     """The records measured as `hand` were renamed, not rerun: a rerun finds them under
     `random`. They were made before trials had time budgets (`trial_minutes`,
     `max_epoch_ratio`), so their settings differ from today's in those keys alone, and a
-    rerun refuses to mix them with new runs (`--supersede` moves them aside)."""
+    rerun refuses to mix them with new runs (`--replace` moves them aside)."""
     base = _base() if dataset == "fashion_mnist" else digits_sections(_base())
     runs = plan_runs(
         base,
