@@ -70,7 +70,7 @@ bench: setup data bench-deps
 	  --digits-budget-minutes $(DIGITS_BUDGET_MINUTES) --seeds $(SEEDS) $(BENCH_ARGS)
 
 bench-deps: $(BIN)/.installed-bench
-	$(call apt_install,postgresql cpulimit,the PostgreSQL storage benchmark is skipped; benchmarks.deadlines cannot slow make run down)
+	$(call apt_install,postgresql,the PostgreSQL storage benchmark is skipped)
 
 $(BIN)/.installed-bench: pyproject.toml $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

@@ -4,7 +4,7 @@
 
 - `make_run`: `make run` as shipped, in a fresh clone of this commit, once per condition:
   this machine (`2 cores`), one core (`taskset -c 0`), one core at half speed (`taskset -c
-  0 cpulimit -l 50 -m -f`, Debian's cpulimit 2.8; about 4x slower per epoch). Set-up (the
+  0` in a cgroup with a quota of half a CPU; about 4x slower per epoch). Set-up (the
   clone's venv, pip install) is timed apart; nothing in the study files changes between the
   conditions. Recorded: exit code, wall seconds, the best trial's validation accuracy,
   epochs and plan, the test accuracy of its model, the trials' counts, the prior's centre's
@@ -41,11 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RECORDS = RESULTS / "deadlines"
 CONDITIONS = {
-    "2 cores": [],
-    "1 core": ["taskset", "-c", "0"],
-    # Debian's cpulimit 2.8: -m limits the children too (make, search, its workers), -f
-    # waits for the command; it does not pass the command's exit code on (see make_run).
-    "1 core at half speed": ["taskset", "-c", "0", "cpulimit", "-l", "50", "-m", "-f", "--"],
+    "2 cores": "make run",
+    "1 core": "taskset -c 0 make run",
+    # A CPU quota of half a core for the command and every process it starts (a cgroup):
+    # Debian's cpulimit 2.8 (`cpulimit -l 50 -m -f --`) left `search worker`, a grandchild
+    # of make, at 76% of the core, so it could not slow make run down 4x.
+    "1 core at half speed": "taskset -c 0 make run, in a cgroup of cpu quota 50000/100000 us",
 }
 # Like the conv config that held a worker for a whole study: two 5x5 convs per block, up to
 # 180 filters; 1,944,258 parameters on 28x28 images (under max_params), about 60 times the
@@ -112,22 +113,18 @@ def make_run(workdir: Path, condition: str) -> dict[str, Any]:
     subprocess.run(["make", "setup", "data"], cwd=workdir, check=True, capture_output=True)
     setup_seconds = time.monotonic() - start
     log = workdir / "make-run.log"
+    command = ["make", "run"] if condition == "2 cores" else ["taskset", "-c", "0", "make", "run"]
+    if condition == "1 core at half speed":
+        # The shell joins the cgroup, then becomes the command; its children stay in it.
+        command = ["sh", "-c", f'echo $$ > {_half_core_cgroup()}; exec "$@"', "sh", *command]
     start = time.monotonic()
     with log.open("wb") as out:
-        # make's exit code through a file: cpulimit exits 0 whatever its command did.
-        subprocess.run(
-            [*CONDITIONS[condition], "sh", "-c", "make run; echo $? > make-run.exit"],
-            cwd=workdir,
-            stdout=out,
-            stderr=out,
-        )
+        code = subprocess.run(command, cwd=workdir, stdout=out, stderr=out).returncode
     seconds = time.monotonic() - start
-    exit_file = workdir / "make-run.exit"
-    code = int(exit_file.read_text()) if exit_file.exists() else None
     record: dict[str, Any] = {
         "part": "make_run",
         "condition": condition,
-        "command": " ".join([*CONDITIONS[condition], "make", "run"]),
+        "command": CONDITIONS[condition],
         "exit_code": code,
         "setup_seconds": round(setup_seconds, 1),
         "seconds": round(seconds, 1),
@@ -154,6 +151,19 @@ def make_run(workdir: Path, condition: str) -> dict[str, Any]:
             "stopped_at_deadline": entry.get("stopped_at_deadline"),
         }
     return record
+
+
+def _half_core_cgroup() -> Path:
+    """The tasks file of a cgroup whose processes share half a CPU (root; v1 or v2)."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    group = Path("/sys/fs/cgroup" if v2.exists() else "/sys/fs/cgroup/cpu") / "search-half-core"
+    group.mkdir(exist_ok=True)
+    if v2.exists():
+        (group / "cpu.max").write_text("50000 100000")
+        return group / "cgroup.procs"
+    (group / "cpu.cfs_period_us").write_text("100000")
+    (group / "cpu.cfs_quota_us").write_text("50000")
+    return group / "tasks"
 
 
 STUDIES = ("long_trials", "costly_second")
@@ -291,7 +301,7 @@ def write_summary() -> Path:
         median = seconds[len(seconds) // 2]
         stopped = " stopped at the deadline" if r.get("stopped_at_deadline") else ""
         lines.append(
-            f"| {r['condition']} (`{r['command']}`) | {r['exit_code']} | {r['setup_seconds']:.0f}"
+            f"| {r['condition']} ({r['command']}) | {r['exit_code']} | {r['setup_seconds']:.0f}"
             f" | {r['seconds']:.0f} | {median:.1f}"
             f" | #{r.get('best_trial', '-')}: {r.get('epochs', '-')} ({r.get('planned_epochs')})"
             f"{stopped} | {r.get('best_validation', float('nan')):.4f}"
