@@ -49,8 +49,8 @@ CONDITIONS = {
     "1 core at half speed": "taskset -c 0 make run, in a cgroup of cpu quota 50000/100000 us",
 }
 # Like the conv config that held a worker for a whole study: two 5x5 convs per block, up to
-# 180 filters; 1,944,258 parameters on 28x28 images (under max_params), about 60 times the
-# centre's multiply-adds per image.
+# 180 filters; with the centre's other params just under 2 M parameters on 28x28 images
+# (under max_params; the record has the count), about 60 times the centre's multiply-adds.
 COSTLY_PARAMS = {
     "n_blocks": 3,
     "filters_b0": 96,
@@ -246,7 +246,7 @@ def two_minutes(workdir: Path, name: str) -> dict[str, Any]:
             for t in trials
         ],
         "export_exit_code": exported.returncode,
-        "export_output": (exported.stdout + exported.stderr).strip().splitlines()[-1:],
+        "export_output": (exported.stdout.strip() or exported.stderr.strip()).splitlines()[-1:],
         "log_tail": log.read_text(errors="replace").splitlines()[-10:],
     }
 
@@ -287,8 +287,9 @@ def write_summary() -> Path:
         "# Time budgets on any machine",
         "",
         "Made by `python -m benchmarks.deadlines` (benchmarks/deadlines.py); each row is one",
-        "record in `benchmarks/results/deadlines/`, with its commit. A run is disturbed when",
-        "other programs took more than 5% of the machine's CPU during it.",
+        "record in `benchmarks/results/deadlines/`, with its commit. A run is marked",
+        "disturbed when other programs took more than 5% of the machine's CPU during it; what",
+        "they were is in benchmarks/README.md.",
         "",
         "## `make run` as shipped, this machine slowed down",
         "",
