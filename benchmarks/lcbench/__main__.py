@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every finished run is recorded; the report covers the task-seed pairs complete.
+        print("stopped: the report covers the runs recorded so far", file=sys.stderr)
     command = shlex.join(["python", "-m", "benchmarks.lcbench", *(argv or sys.argv[1:])])
     summary = summarize(settings, command=command, wall_seconds=time.monotonic() - start)
     write_report(summary, settings.out)

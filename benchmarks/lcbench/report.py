@@ -28,9 +28,13 @@ def summarize(settings: Settings, *, command: str, wall_seconds: float | None) -
     from benchmarks.lcbench.contestants import CONTESTANTS, USES_PRIOR
 
     reference = json.loads(settings.out.with_suffix(".reference.json").read_text())["tasks"]
+    # The runs these settings ask for (a file may hold more: other tasks, seeds, contestants).
     records = {
         (r["contestant"], r["prior"], r["task"], r["seed"]): r
         for r in read_runs(settings.out.with_suffix(".runs.jsonl"), settings)
+        if r["task"] in settings.tasks
+        and r["seed"] < settings.n_seeds
+        and r["contestant"] in settings.contestants
     }
     top = max(settings.budgets)
     grid = np.unique(np.concatenate([np.geomspace(LOWEST_BUDGET, top, N_GRID), settings.budgets]))
@@ -191,7 +195,8 @@ def _markdown(summary: dict[str, Any], plot: str) -> str:
         "",
         f"Command: `{summary['command']}`  ",
         f"Commit: {summary['commit']}  ",
-        f"{summary['n_runs']} runs: {len(s['tasks'])} tasks x {s['n_seeds']} seeds,"
+        f"{summary['n_runs']} runs: {len(s['tasks'])} tasks x {s['n_seeds']} seeds"
+        f" (0-{s['n_seeds'] - 1}),"
         f" {s['n_workers']} simulated workers, budgets of {', '.join(budgets)} full trials'"
         f" worth of time; the random sample that normalizes regret has {s['n_reference']}"
         " configs per task.  ",
