@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from benchmarks.lcbench import space
-from benchmarks.lcbench.bench import Settings, run_benchmark
+from benchmarks.lcbench.bench import DEHB_PYTHON, Settings, run_benchmark
 from benchmarks.lcbench.contestants import service_config, worker_studies
 from benchmarks.lcbench.report import summarize, write_report
 from benchmarks.lcbench.simulate import Curve, simulate
@@ -188,3 +188,27 @@ def test_a_record_of_other_settings_is_refused(tmp_path):
             ),
             log=lambda line: None,
         )
+
+
+@pytest.mark.skipif(not DEHB_PYTHON.exists(), reason="no .venv-dehb (make lcbench-deps)")
+def test_dehb_searches_in_its_own_environment_and_repeats_with_its_seed(tmp_path):
+    records = []
+    for name in ("first", "again"):
+        settings = Settings(
+            out=tmp_path / name / "lcbench",
+            tasks=("3945",),
+            n_seeds=1,
+            contestants=("dehb",),
+            budgets=(3,),
+            n_reference=200,
+            n_jobs=1,
+        )
+        runs = run_benchmark(settings, log=lambda line: None)
+        (record,) = [json.loads(line) for line in runs.read_text().splitlines()]
+        records.append(record)
+    first, again = records
+    assert first["n_trials"] > 4 and first["best"]
+    # Values count from the end of their epoch, within the budget's time.
+    assert all(t <= first["seconds"] for t, _ in first["best"])
+    # Seeded: the same search again.
+    assert (first["best"], first["n_trials"]) == (again["best"], again["n_trials"])
