@@ -8,8 +8,8 @@ with its total budget).
 
 Files, from the prefix `out` (default benchmarks/results/lcbench):
 - `out.reference.json`: per task, the random sample's best and worst 52-epoch validation
-  accuracy (regret is normalized by them), its median full-trial seconds, and the configs
-  the good and misleading priors are centred on (the sample's best and worst).
+  accuracy (regret is normalized by them), its median full-trial seconds, its best and
+  worst configs, and the good and misleading priors' centres (near those two configs).
 - `out.runs.jsonl`: one record per (contestant, prior, task, seed), appended as each run
   ends; a rerun skips the runs recorded there.
 The report (`benchmarks.lcbench.report`) reads both.
@@ -28,7 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.lcbench.surrogate import MAX_EPOCHS, Surrogate, sample_configs, tasks
+from benchmarks.lcbench.surrogate import (
+    MAX_EPOCHS,
+    Surrogate,
+    hyperparameters,
+    sample_configs,
+    tasks,
+)
 
 ROOT = Path(__file__).parents[2]
 PRIORS = ("none", "good", "misleading")
@@ -36,6 +42,10 @@ PRIORS = ("none", "good", "misleading")
 ANY_PRIOR = "any"
 BUDGETS = (1, 10, 30, 100)
 DEHB_PYTHON = ROOT / ".venv-dehb" / "bin" / "python"
+# How far the good and misleading priors' centres lie from the sample's best and worst
+# configs: a normal of this standard deviation in units of each range (of its logarithm
+# where the range is logarithmic).
+NEAR_STD = 0.1
 
 
 @dataclass(frozen=True)
@@ -143,15 +153,47 @@ def load_reference(settings: Settings, *, log: Callable[[str], None] = print) ->
 
 def _task_reference(surrogate: Surrogate, task: str, n: int) -> dict[str, Any]:
     # Seeded by the task alone: the same sample whatever else is run.
-    configs = sample_configs(np.random.default_rng([0, int(task)]), n)
+    rng = np.random.default_rng([0, int(task)])
+    configs = sample_configs(rng, n)
     accuracy, seconds = surrogate.final(task, configs)
+    best, worst = configs[int(accuracy.argmax())], configs[int(accuracy.argmin())]
+    good, misleading = _near(best, rng), _near(worst, rng)
+    good_value, misleading_value = surrogate.final(task, [good, misleading])[0]
     return {
         "best": float(accuracy.max()),
         "worst": float(accuracy.min()),
         "full_trial_seconds": float(np.median(seconds)),
-        "good": configs[int(accuracy.argmax())],
-        "misleading": configs[int(accuracy.argmin())],
+        "best_config": best,
+        "worst_config": worst,
+        "good": good,
+        "misleading": misleading,
+        # What the priors' centres themselves reach after 52 epochs.
+        "good_value": float(good_value),
+        "misleading_value": float(misleading_value),
     }
+
+
+def _near(config: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """`config` with every number moved by a normal of NEAR_STD of its (log) range.
+
+    A prior centred near a config, not on it: the service runs its prior's centre first, and
+    a centre exactly on the sample's best would hand it that config.
+    """
+    near = {}
+    for name, h in hyperparameters().items():
+        scale = np.log if h["log"] else (lambda x: x)
+        low, high = scale(h["lower"]), scale(h["upper"])
+        u = (scale(config[name]) - low) / (high - low) + rng.normal(0.0, NEAR_STD)
+        # Reflected at the range's ends, so that a centre at an end is not piled onto it.
+        u = float(np.clip(abs(u) if u < 0 else (2.0 - u if u > 1 else u), 0.0, 1.0))
+        value = low + u * (high - low)
+        value = float(np.exp(value)) if h["log"] else value
+        if h["type"] == "uniform_int":
+            value = int(np.clip(round(value), h["lower"], h["upper"]))
+        else:
+            value = float(np.clip(value, h["lower"], h["upper"]))
+        near[name] = value
+    return near
 
 
 def read_runs(path: Path, settings: Settings) -> list[dict[str, Any]]:

@@ -174,7 +174,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
             axes[0, column].plot(grid, curves["mean_regret"], label=name, **style)
             axes[1, column].plot(grid, curves["mean_rank"], label=name, **style)
         axes[0, column].set_title(f"prior: {prior} ({result['n_cases']} task-seed pairs)")
-        axes[0, column].set_yscale("log")
+        # Logarithmic down to 0.01, linear below: regret can fall below 0.
+        axes[0, column].set_yscale("symlog", linthresh=0.01)
         axes[0, column].set_ylabel("mean normalized regret")
         axes[1, column].set_ylabel("mean rank")
         axes[1, column].set_xlabel("simulated time (full trials' worth, 4 workers)")
