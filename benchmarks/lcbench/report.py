@@ -98,7 +98,7 @@ def summarize(settings: Settings, *, command: str, wall_seconds: float | None) -
         "command": command,
         "commit": _commit(),
         "wall_seconds": wall_seconds,
-        "simulation_seconds": round(sum(r["wall_seconds"] for r in records.values()), 1),
+        "compute_seconds": round(sum(r["wall_seconds"] for r in records.values()), 1),
         "n_runs": len(records),
         "settings": {
             "tasks": list(settings.tasks),
@@ -201,7 +201,7 @@ def _markdown(summary: dict[str, Any], plot: str) -> str:
         f" {s['n_workers']} simulated workers, budgets of {', '.join(budgets)} full trials'"
         f" worth of time; the random sample that normalizes regret has {s['n_reference']}"
         " configs per task.  ",
-        f"Simulation time, summed over the runs: {summary['simulation_seconds']:.0f} s"
+        f"Compute: the runs' own wall-clock seconds, summed, {summary['compute_seconds']:.0f} s"
         + (
             f"; this command took {summary['wall_seconds']:.0f} s of wall clock"
             f" with {s['n_jobs']} processes."
@@ -216,14 +216,18 @@ def _markdown(summary: dict[str, Any], plot: str) -> str:
         "Each cell: mean normalized regret over task-seed pairs (lower is better), then the mean"
         " rank among the contestants (1 is best) in brackets. A budget is simulated wall-clock"
         " time: B full trials' worth is the time the workers take to train B full trials"
-        " (52 epochs) of the task's median cost.",
+        " (52 epochs) of the task's median cost. Seed s seeds every contestant, so the Optuna"
+        " contestants' random start-ups draw the same configs: at the smallest budget they"
+        " often tie.",
     ]
     for prior, result in summary["priors"].items():
         lines += [
             "",
             f"## Prior: {prior} ({result['n_cases']} task-seed pairs, {result['n_tasks']} tasks)",
             "",
-            "| contestant | " + " | ".join(f"{b} full trials" for b in budgets) + " | trials |",
+            "| contestant | "
+            + " | ".join(f"{b} full trial{'s' * (b != '1')}" for b in budgets)
+            + " | trials |",
             "|---|" + "---|" * (len(budgets) + 1),
         ]
         for name, c in result["contestants"].items():
@@ -235,11 +239,12 @@ def _markdown(summary: dict[str, Any], plot: str) -> str:
         if "service" in result["contestants"]:
             places = []
             for b in budgets:
-                ranks = sorted(
-                    result["contestants"],
-                    key=lambda n: result["contestants"][n]["at_budgets"][b]["mean_rank"],
-                )
-                places.append(f"{ranks.index('service') + 1} of {len(ranks)} at {b}")
+                ranks = [c["at_budgets"][b]["mean_rank"] for c in result["contestants"].values()]
+                own = result["contestants"]["service"]["at_budgets"][b]["mean_rank"]
+                # Its place: 1 + the contestants with a strictly better mean rank.
+                place = 1 + sum(rank < own for rank in ranks)
+                tied = " (tied)" if ranks.count(own) > 1 else ""
+                places.append(f"{place}{tied} of {len(ranks)} at {b}")
             lines += ["", f"`service` by mean rank: {', '.join(places)}."]
     lines += ["", f"![regret and rank over time]({plot})", ""]
     return "\n".join(lines)
