@@ -29,7 +29,7 @@ define apt_install
 	else echo "not installed:$$missing (needs apt-get as root); $(2)"; fi
 endef
 
-.PHONY: run test setup data test-deps bench bench-deps dashboard lint clean
+.PHONY: run test setup data test-deps bench bench-deps lcbench lcbench-deps dashboard lint clean
 
 run: setup data
 	$(BIN)/search run $(STUDY) --workers $(WORKERS)
@@ -76,6 +76,22 @@ $(BIN)/.installed-bench: pyproject.toml $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@
 
+# The search strategy on LCBench's surrogate in simulated time (benchmarks/README.md): all
+# 34 tasks, 10 seeds, 4 simulated workers, budgets of 1-100 full trials, on 2 processes.
+# It resumes: a rerun skips the runs recorded in benchmarks/results/lcbench.runs.jsonl.
+LCBENCH_ARGS ?=
+
+lcbench: bench-deps lcbench-deps
+	$(BIN)/python -m benchmarks.lcbench $(LCBENCH_ARGS)
+
+# DEHB, a contestant, pins numpy<2, which TensorFlow's numpy 2 excludes: its own virtualenv.
+lcbench-deps: .venv-dehb/.installed
+
+.venv-dehb/.installed:
+	$(PYTHON) -m venv .venv-dehb
+	.venv-dehb/bin/python -m pip install --quiet 'dehb==0.1.2' 'onnxruntime>=1.17'
+	touch $@
+
 dashboard: setup
 	$(BIN)/search dashboard
 
@@ -83,4 +99,4 @@ lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) .venv-dehb runs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from types import ModuleType
 
 import numpy as np
 import optuna
@@ -46,8 +47,14 @@ def worker_seed(study_seed: int, worker_index: int) -> int:
     return int(np.random.SeedSequence([study_seed, worker_index]).generate_state(1)[0])
 
 
-def make_sampler(config: StudyConfig, *, worker_index: int) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded per worker so parallel workers don't repeat each other."""
+def make_sampler(
+    config: StudyConfig, *, worker_index: int, space: ModuleType | None = None
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per worker so parallel workers don't repeat each other.
+
+    Args:
+        space: the space module whose prior the sampler reads (default: the study's, by name).
+    """
     seed = worker_seed(config.study.seed, worker_index)
     if config.trials.sampler == "random":
         base: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
@@ -64,23 +71,29 @@ def make_sampler(config: StudyConfig, *, worker_index: int) -> optuna.samplers.B
                 group=True,
                 constant_liar=True,
             )
-    prior, _ = study_prior(config) if config.trials.prior else (None, None)
+    prior, _ = study_prior(config, space=space) if config.trials.prior else (None, None)
     if prior is None:
         return base
     return PriorSampler(prior, base=base, n_startup_trials=N_STARTUP_TRIALS, seed=seed)
 
 
-def study_prior(config: StudyConfig) -> tuple[dict | None, dict | None]:
+def study_prior(
+    config: StudyConfig, *, space: ModuleType | None = None
+) -> tuple[dict | None, dict | None]:
     """The study's prior (the space's, with its [prior] centres) and its centre's params.
 
     Both None where the space declares no prior.
+
+    Args:
+        space: the space module (default: the study's, by name); a simulation passes a
+            module that has `suggest` and `PRIOR` but no model to build.
     """
     from spaces import load_space
 
+    if space is None:
+        space = load_space(config.study.space)
     try:
-        return resolve_prior(
-            load_space(config.study.space), config.prior, source=f"study {config.name!r}"
-        )
+        return resolve_prior(space, config.prior, source=f"study {config.name!r}")
     except PriorError as e:
         raise ConfigError(str(e)) from None
 
@@ -109,13 +122,15 @@ def create_study(
     baselines: dict[str, dict],
     *,
     prior_centre: dict | None = None,
+    space: ModuleType | None = None,
 ) -> tuple[optuna.Study, bool]:
     """Create the study (or check an existing one against `config`).
 
     The prior's centre (params) becomes the first trial; `baselines` maps a baseline name
     to its params, enqueued next if the definition asks for it. Both are queued once,
     when the study is created. Returns the study and whether it was created now. A
-    changed budget is recorded; any other difference is an error.
+    changed budget is recorded; any other difference is an error. `space` is the space
+    module the study's description reads its prior from (default: the study's, by name).
     """
     try:
         study = optuna.create_study(
@@ -141,7 +156,7 @@ def create_study(
     study.set_user_attr("space", config.study.space)
     study.set_user_attr("dataset", config.data.dataset)
     study.set_user_attr("metric", config.study.metric)
-    study.set_user_attr("sampler", _describe_sampler(config))
+    study.set_user_attr("sampler", _describe_sampler(config, space))
     study.set_user_attr("pruner", _describe_pruner(config))
     study.set_user_attr("search_version", __version__)
     # Written last: a worker that sees the definition sees a complete study.
@@ -232,7 +247,7 @@ def _check_same_study(study: optuna.Study, config: StudyConfig) -> None:
                 )
 
 
-def _describe_sampler(config: StudyConfig) -> str:
+def _describe_sampler(config: StudyConfig, space: ModuleType | None) -> str:
     seed = f"seed={config.study.seed} + worker index"
     if config.trials.sampler == "random":
         base = f"RandomSampler({seed})"
@@ -241,7 +256,7 @@ def _describe_sampler(config: StudyConfig) -> str:
             f"TPESampler({seed}, n_startup_trials={N_STARTUP_TRIALS}, multivariate=True,"
             " group=True, constant_liar=True)"
         )
-    if not config.trials.prior or study_prior(config)[0] is None:
+    if not config.trials.prior or study_prior(config, space=space)[0] is None:
         return base
     centres = f", [prior] {config.prior}" if config.prior else ""
     return f"PriorSampler(the space's prior{centres}, base={base})"
