@@ -78,7 +78,7 @@ $(BIN)/.installed-bench: pyproject.toml $(BIN)/.installed
 
 # The search strategy on LCBench's surrogate in simulated time (benchmarks/README.md): all
 # 34 tasks, 10 seeds, 4 simulated workers, budgets of 1-100 full trials, on 2 processes.
-# It resumes: a rerun skips the runs recorded in benchmarks/results/lcbench.runs.jsonl.
+# It resumes: a rerun skips the runs recorded in benchmarks/results/lcbench.runs.jsonl.gz.
 LCBENCH_ARGS ?=
 
 lcbench: bench-deps lcbench-deps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 
@@ -10,7 +11,7 @@ import optuna
 import pytest
 
 from benchmarks.lcbench import space
-from benchmarks.lcbench.bench import DEHB_PYTHON, Settings, run_benchmark
+from benchmarks.lcbench.bench import DEHB_PYTHON, Settings, records_path, run_benchmark
 from benchmarks.lcbench.contestants import service_config, worker_studies
 from benchmarks.lcbench.report import summarize, write_report
 from benchmarks.lcbench.simulate import Curve, simulate
@@ -148,7 +149,7 @@ def test_a_small_benchmark_records_every_run_and_a_rerun_skips_them(tmp_path):
     )
     lines: list[str] = []
     runs = run_benchmark(settings, log=lines.append)
-    records = [json.loads(line) for line in runs.read_text().splitlines()]
+    records = [json.loads(line) for line in _text(runs).splitlines()]
     # The service under each prior, random once for all priors; 2 seeds each.
     assert sorted((r["contestant"], r["prior"], r["seed"]) for r in records) == sorted(
         [("service", p, s) for p in ("none", "good", "misleading") for s in (0, 1)]
@@ -157,11 +158,11 @@ def test_a_small_benchmark_records_every_run_and_a_rerun_skips_them(tmp_path):
     for r in records:
         times = [t for t, _ in r["best"]]
         assert times == sorted(times) and r["n_trials"] > 0
-    written = runs.read_text()
+    written = _text(runs)
     lines.clear()
     run_benchmark(settings, log=lines.append)
     # Nothing is run again.
-    assert runs.read_text() == written
+    assert _text(runs) == written
     assert "0 to run" in lines[-1]
     summary = summarize(settings, command="test", wall_seconds=None)
     write_report(summary, settings.out)
@@ -176,8 +177,9 @@ def test_a_small_benchmark_records_every_run_and_a_rerun_skips_them(tmp_path):
 
 def test_a_record_of_other_settings_is_refused(tmp_path):
     settings = Settings(out=tmp_path / "lcbench", tasks=("3945",), n_seeds=1, budgets=(1,))
-    runs = settings.out.with_suffix(".runs.jsonl")
-    runs.write_text(json.dumps({"n_workers": 2, "budget": 1}) + "\n")
+    runs = records_path(settings)
+    with gzip.open(runs, "wt") as out:
+        out.write(json.dumps({"n_workers": 2, "budget": 1}) + "\n")
     with pytest.raises(ValueError, match="runs of 2 workers"):
         run_benchmark(
             Settings(
@@ -207,7 +209,7 @@ def test_dehb_searches_in_its_own_environment_and_repeats_with_its_seed(tmp_path
             n_jobs=1,
         )
         runs = run_benchmark(settings, log=lambda line: None)
-        (record,) = [json.loads(line) for line in runs.read_text().splitlines()]
+        (record,) = [json.loads(line) for line in _text(runs).splitlines()]
         records.append(record)
     first, again = records
     assert first["n_trials"] > 4 and first["best"]
@@ -215,3 +217,9 @@ def test_dehb_searches_in_its_own_environment_and_repeats_with_its_seed(tmp_path
     assert all(t <= first["seconds"] for t, _ in first["best"])
     # Seeded: the same search again.
     assert (first["best"], first["n_trials"]) == (again["best"], again["n_trials"])
+
+
+def _text(runs) -> str:
+    """The records file's text (gzipped JSON lines)."""
+    with gzip.open(runs, "rt") as lines:
+        return lines.read()

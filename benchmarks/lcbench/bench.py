@@ -10,13 +10,14 @@ Files, from the prefix `out` (default benchmarks/results/lcbench):
 - `out.reference.json`: per task, the random sample's best and worst 52-epoch validation
   accuracy (regret is normalized by them), its median full-trial seconds, its best and
   worst configs, and the good and misleading priors' centres (near those two configs).
-- `out.runs.jsonl`: one record per (contestant, prior, task, seed), appended as each run
+- `out.runs.jsonl.gz`: one record per (contestant, prior, task, seed), appended as each run
   ends; a rerun skips the runs recorded there.
 The report (`benchmarks.lcbench.report`) reads both.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import multiprocessing
 import subprocess
@@ -96,7 +97,7 @@ def run_benchmark(settings: Settings, *, log: Callable[[str], None] = print) -> 
 
     _check(settings, CONTESTANTS)
     reference = load_reference(settings, log=log)
-    runs_path = settings.out.with_suffix(".runs.jsonl")
+    runs_path = records_path(settings)
     done = {_key(r) for r in read_runs(runs_path, settings)}
     jobs = [
         Job(contestant, prior if contestant in USES_PRIOR else ANY_PRIOR, task, seed)
@@ -116,7 +117,8 @@ def run_benchmark(settings: Settings, *, log: Callable[[str], None] = print) -> 
     }
     start = time.monotonic()
     runs_path.parent.mkdir(parents=True, exist_ok=True)
-    with runs_path.open("a") as out:
+    # gzip appends a member per run of the benchmark; reading joins them.
+    with gzip.open(runs_path, "at") as out:
         for i, record in enumerate(_results(todo, context, settings.n_jobs), start=1):
             out.write(json.dumps(record) + "\n")
             out.flush()
@@ -196,6 +198,11 @@ def _near(config: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     return near
 
 
+def records_path(settings: Settings) -> Path:
+    """Where the runs' records go: gzipped JSON lines (thousands of curves, 6 MB as text)."""
+    return settings.out.with_suffix(".runs.jsonl.gz")
+
+
 def read_runs(path: Path, settings: Settings) -> list[dict[str, Any]]:
     """The records in `path` (none if it is missing).
 
@@ -204,7 +211,8 @@ def read_runs(path: Path, settings: Settings) -> list[dict[str, Any]]:
     """
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    with gzip.open(path, "rt") as lines:
+        records = [json.loads(line) for line in lines if line.strip()]
     for r in records:
         if r["n_workers"] != settings.n_workers or r["budget"] < max(settings.budgets):
             raise ValueError(

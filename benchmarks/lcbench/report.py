@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.lcbench.bench import ANY_PRIOR, ROOT, Settings, read_runs
+from benchmarks.lcbench.bench import ANY_PRIOR, ROOT, Settings, read_runs, records_path
 
 N_GRID = 50
 LOWEST_BUDGET = 0.1  # full trials' worth: the plots start here
@@ -31,7 +31,7 @@ def summarize(settings: Settings, *, command: str, wall_seconds: float | None) -
     # The runs these settings ask for (a file may hold more: other tasks, seeds, contestants).
     records = {
         (r["contestant"], r["prior"], r["task"], r["seed"]): r
-        for r in read_runs(settings.out.with_suffix(".runs.jsonl"), settings)
+        for r in read_runs(records_path(settings), settings)
         if r["task"] in settings.tasks
         and r["seed"] < settings.n_seeds
         and r["contestant"] in settings.contestants
