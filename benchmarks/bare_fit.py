@@ -20,7 +20,7 @@ import keras
 from benchmarks import fixed_space
 from search.config import load_config
 from search.data import load_study_data
-from search.worker import configure_threads
+from search.device import configure_threads
 
 
 def bare_fits(study_file: str, *, repeats: int) -> dict[str, Any]:

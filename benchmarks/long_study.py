@@ -45,7 +45,7 @@ def reevaluate_best_and_centre(workdir: Path) -> dict[str, Any]:
     from search.retrain import reevaluate
     from search.storage import open_storage
     from search.study import load_definition
-    from search.worker import configure_threads
+    from search.device import configure_threads
 
     configure_threads(1)
     storage = open_storage(f"sqlite:///{workdir / 'search.db'}")

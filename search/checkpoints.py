@@ -12,8 +12,8 @@ object appears whole when its upload ends), so a worker killed while saving leav
 previous checkpoint in place.
 
 Where: a folder (default `runs/`) or `s3://BUCKET/PREFIX` (boto3, credentials and endpoint
-from the usual AWS environment), given per process by `--checkpoints` or
-`SEARCH_CHECKPOINTS`; every worker of a study must reach the same one. Under it:
+from the usual AWS environment), given per process by its settings (`--checkpoints`
+or `SEARCH_CHECKPOINTS`); every worker of a study must reach the same one. Under it:
 
     <study>/checkpoints/trial-<N>.npz   the running trial N's last epoch (removed when it ends)
     <study>/kept/trial-<N>.keras        completed trial N's best-epoch model (the best K kept)
@@ -34,12 +34,6 @@ import optuna
 
 from search.ranking import ranked_trials
 
-CHECKPOINTS_ENV = "SEARCH_CHECKPOINTS"
-KEEP_BEST_ENV = "SEARCH_KEEP_BEST"
-MAX_RETRIES_ENV = "SEARCH_MAX_RETRIES"
-DEFAULT_LOCATION = "runs"
-DEFAULT_KEEP_BEST = 3
-DEFAULT_MAX_RETRIES = 3
 # The user attributes a trial records about its checkpoints.
 RESUMED_ATTR = "resumed_from"  # {"trial": N, "epoch": K}: continued after epoch K of trial N
 RESTART_ATTR = "restarted"  # why a retry started again from epoch 1
@@ -175,12 +169,11 @@ class S3Store(Store):
         return sorted(obj["Key"][strip:] for page in pages for obj in page.get("Contents", []))
 
 
-def open_store(location: str | None = None) -> Store | None:
-    """The store at `location`, else $SEARCH_CHECKPOINTS, else the folder `runs/`.
+def open_store(location: str) -> Store | None:
+    """The store at `location` (`Settings.checkpoints`): a folder, s3://..., or "none" (None).
 
-    "none": no checkpoints and no kept models (None).
+    "none": no checkpoints and no kept models.
     """
-    location = location or os.environ.get(CHECKPOINTS_ENV) or DEFAULT_LOCATION
     if location == "none":
         return None
     if location.startswith("s3://"):
@@ -190,29 +183,6 @@ def open_store(location: str | None = None) -> Store | None:
             f"checkpoint location {location!r}: give a folder or s3://BUCKET[/PREFIX]"
         )
     return FolderStore(Path(location).expanduser())
-
-
-def _env_count(name: str, default: int, *, minimum: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        count = int(value)
-    except ValueError:
-        count = minimum - 1
-    if count < minimum:
-        raise CheckpointError(f"{name}={value!r}: must be a whole number >= {minimum}")
-    return count
-
-
-def keep_best() -> int:
-    """How many completed trials keep their best-epoch model ($SEARCH_KEEP_BEST, 3)."""
-    return _env_count(KEEP_BEST_ENV, DEFAULT_KEEP_BEST, minimum=0)
-
-
-def max_retries() -> int:
-    """Times a trial that keeps making progress may be retried ($SEARCH_MAX_RETRIES, 3)."""
-    return _env_count(MAX_RETRIES_ENV, DEFAULT_MAX_RETRIES, minimum=0)
 
 
 def checkpoint_key(study: str, number: int) -> str:

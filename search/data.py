@@ -10,7 +10,6 @@ are read. The search reads only the training images: the test set is loaded by
 from __future__ import annotations
 
 import gzip
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +40,6 @@ FASHION_MNIST_FILES = {
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 KERAS_DATA_DIR = Path("~/.keras/datasets/fashion-mnist").expanduser()
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-# Where a worker keeps decoded folder images between epochs: a run setting (`--cache`, else
-# SEARCH_CACHE), never part of a study. Results do not depend on it.
-CACHE_MODES = ("none", "memory", "disk")
-CACHE_ENV = "SEARCH_CACHE"
 
 
 class DataError(ValueError):
@@ -201,14 +196,6 @@ def load_test(dataset: str, *, data_dir: str | Path | None = None) -> Split:
     return Split(x, y)
 
 
-def resolve_cache(value: str | None) -> str:
-    """The cache mode: the flag's value, else SEARCH_CACHE, else "none"."""
-    mode = value or os.environ.get(CACHE_ENV) or "none"
-    if mode not in CACHE_MODES:
-        raise DataError(f"{CACHE_ENV} is {mode!r}, but must be one of {', '.join(CACHE_MODES)}")
-    return mode
-
-
 def stratified_split(
     y: np.ndarray, fraction: float, *, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -278,9 +265,13 @@ def _load(
 
 
 def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
-    """The first directory holding all four Fashion-MNIST IDX files, in the documented order."""
-    env = os.environ.get("SEARCH_DATA_DIR")
-    candidates = [Path(d) for d in (data_dir, env) if d] + [SYSTEM_DATA_DIR, KERAS_DATA_DIR]
+    """The first directory holding all four Fashion-MNIST IDX files, in the documented order.
+
+    `data_dir` (`Settings.data_dir`: --data-dir, SEARCH_DATA_DIR) first, then the Debian
+    package's folder, then Keras' download folder.
+    """
+    candidates = [Path(data_dir)] if data_dir else []
+    candidates += [SYSTEM_DATA_DIR, KERAS_DATA_DIR]
     names = [name for pair in FASHION_MNIST_FILES.values() for name in pair]
     if data_dir and not all((Path(data_dir) / n).is_file() for n in names):
         raise DataError(f"data dir {data_dir} does not hold the Fashion-MNIST files {names}")
@@ -288,6 +279,17 @@ def find_fashion_mnist(data_dir: str | Path | None = None) -> Path | None:
         if all((directory / n).is_file() for n in names):
             return directory
     return None
+
+
+def fashion_mnist(
+    data_dir: str | Path | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Fashion-MNIST as `keras.datasets.fashion_mnist.load_data()` gives it, for notebooks.
+
+    ((x_train, y_train), (x_test, y_test)): uint8 images (N, 28, 28) and labels, read from
+    the first folder `find_fashion_mnist` finds (else Keras downloads them).
+    """
+    return _load_fashion_mnist("train", data_dir), _load_fashion_mnist("test", data_dir)
 
 
 def _load_fashion_mnist(part: str, data_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,9 @@
   params (Optuna's `RetryHeartbeatStaleTrialCallback`); the retry goes on from the trial's
   last checkpoint (`search.checkpoints`). A retry is retried again only if it made
   progress (saved a checkpoint past the epoch it went on from), at most `max_retries`
-  times in all (--max-retries, SEARCH_MAX_RETRIES, 3). A trial not retried has its
-  checkpoint removed. Any process that opens the storage runs the check: workers before a
-  trial, `search run`'s supervisor, `search reap`.
+  times in all (`Settings.max_retries`: --max-retries, SEARCH_MAX_RETRIES, 3). A trial not
+  retried has its checkpoint removed. Any process that opens the storage runs the check:
+  workers before a trial, `search run`'s supervisor, `search reap`.
 - A trial stopped on purpose (Ctrl-C, SIGTERM, the study's timeout) fails with an
   "Interrupted" reason and is queued again at once by its own worker, however often.
 - A study with more failed trials than its budget (or 10) stops its workers: something is
@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.budget import DEADLINE_ATTR
+from search.settings import Settings
 
 FAIL_REASON_ATTR = "fail_reason"
 
@@ -41,19 +42,26 @@ class RetryWithProgress:
     `max_retries` times in all. A trial given up on has its checkpoints removed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoints: str, max_retries: int) -> None:
+        """
+        Args:
+            checkpoints: the checkpoint location (`Settings.checkpoints`) where retries go on.
+            max_retries: times a trial may be retried in all.
+        """
+        self.checkpoints = checkpoints
+        self.max_retries = max_retries
         self._queue = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        from search.checkpoints import checkpoint_key, delete_checkpoint, max_retries, open_store
+        from search.checkpoints import checkpoint_key, delete_checkpoint, open_store
 
-        store = open_store()
+        store = open_store(self.checkpoints)
         earlier = list(trial.system_attrs.get("retry_history", []))
         # A trial saves a checkpoint only after an epoch it trained: its own is progress.
         progressed = store is not None and bool(
             store.keys(checkpoint_key(study.study_name, trial.number))
         )
-        retry = len(earlier) < max_retries() and (progressed or not earlier)
+        retry = len(earlier) < self.max_retries and (progressed or not earlier)
         if retry:
             self._queue(study, trial)
             return
@@ -61,8 +69,9 @@ class RetryWithProgress:
             delete_checkpoint(store, study.study_name, number)
 
 
-def retry_callback() -> RetryWithProgress:
-    return RetryWithProgress()
+def retry_callback(settings: Settings) -> RetryWithProgress:
+    """The stale-trial callback of a storage opened with `settings`."""
+    return RetryWithProgress(settings.checkpoints, settings.max_retries)
 
 
 def reap(study: optuna.Study) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import functools
 import itertools
-import os
 import shutil
 import sys
 import tempfile
@@ -153,12 +152,11 @@ def read_image(path: tf.Tensor, image_size: tuple[int, int], channels: int) -> t
 def resolve_folder(dataset: str, data_dir: str | Path | None = None) -> Path:
     """The folder of "dir:PATH": a relative PATH is under the data root, if one is set.
 
-    The data root is `data_dir` (--data-dir), else SEARCH_DATA_DIR; without one, a relative
-    PATH is relative to the current directory.
+    The data root is `data_dir` (`Settings.data_dir`: --data-dir, else SEARCH_DATA_DIR);
+    without one, a relative PATH is relative to the current directory.
     """
     path = Path(dataset.removeprefix("dir:")).expanduser()
-    root = data_dir or os.environ.get("SEARCH_DATA_DIR")
-    return path if path.is_absolute() or not root else Path(root) / path
+    return path if path.is_absolute() or not data_dir else Path(data_dir) / path
 
 
 def load_folder(

@@ -29,7 +29,6 @@ from search.checkpoints import (
     Checkpoint,
     Store,
     delete_checkpoint,
-    keep_best,
     kept_key,
     load_checkpoint,
     save_checkpoint,
@@ -134,12 +133,15 @@ class Objective:
         data: Dataset,
         *,
         store: Store | None = None,
+        keep_best: int = 3,
         deadline: float | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
         """
         Args:
             store: where trials save their checkpoints and kept models (None: nowhere).
+            keep_best: how many of the study's best trials keep their best-epoch model
+                (0: none; trials keep theirs as they complete, and `prune_kept` drops it).
             deadline: the run's time limit as a Unix time: trials plan their epochs to end
                 before it, and one stopped by it after an epoch completes with its best.
             log: where a line per epoch goes (the worker's log).
@@ -148,6 +150,7 @@ class Objective:
         self.space = space
         self.data = data
         self.store = store
+        self.keep_best = keep_best
         self.deadline = deadline
         self.log = log
         self.metric = config.study.metric
@@ -251,7 +254,9 @@ class Objective:
             # A trial that ended (completed, pruned, failed) needs its checkpoints no more;
             # a stopped one is decided below. A killed worker runs none of this.
             if not stopped:
-                checkpointer.finish(model, kept=ended and not reporter.diverged)
+                checkpointer.finish(
+                    model, kept=ended and not reporter.diverged and self.keep_best > 0
+                )
         values = [v for v in reporter.history[self.metric] if math.isfinite(v)]
         if stopped:
             at_deadline = self.deadline is not None and time.time() >= self.deadline
@@ -261,7 +266,7 @@ class Objective:
                     f"the worker was stopped at epoch {len(reporter.history['loss'])}"
                 )
             # The run's time is up: the best epoch so far is the trial's result, said so.
-            checkpointer.finish(model, kept=True)
+            checkpointer.finish(model, kept=self.keep_best > 0)
             trial.set_user_attr(DEADLINE_ATTR, {"epochs": len(values), "planned": horizon.epochs})
             self.log(
                 f"trial {trial.number}: stopped at the deadline after {len(values)} of"
@@ -409,7 +414,7 @@ class Checkpointer(keras.callbacks.Callback):
         """The trial ended: keep its best epoch's model if it completed, drop checkpoints."""
         if self.store is None:
             return
-        if kept and self.best_weights is not None and keep_best() > 0:
+        if kept and self.best_weights is not None:
             model.set_weights(self.best_weights)
             if self.raw_images is not None:
                 model = for_raw_images(model, self.raw_images)

@@ -12,7 +12,7 @@ import math
 import shutil
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -151,3 +151,46 @@ def ended_line(trial: FrozenTrial, metric: str, max_epochs: int) -> str:
     reason = attrs.get(DEADLINE_ATTR) and "stopped at the deadline"
     reason = reason or attrs.get("pruned_reason") or attrs.get("fail_reason")
     return f"{text} ({reason})" if reason else text
+
+
+class NotebookDisplay(Display):
+    """A live block in a Jupyter notebook: one output area redrawn in place (IPython's
+    display handle); lines that stay are printed as usual."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        super().__init__(sys.stdout, quiet=quiet)
+        self.live = not quiet
+        self._handle: Any = None
+
+    def update(
+        self,
+        study_line: str,
+        left: str | None,
+        trial_lines: dict[int, str],
+        epochs: dict[int, int],
+    ) -> None:
+        if self.quiet:
+            return
+        from IPython.display import Pretty, display
+
+        full = study_line if left is None else f"{study_line} | {left}"
+        lines = [f"[{time.strftime('%H:%M:%S')}] {full}"]
+        lines += [f"  {line}" for line in trial_lines.values()]
+        block = Pretty("\n".join(lines))
+        if self._handle is None:
+            self._handle = display(block, display_id=True)
+        else:
+            self._handle.update(block)
+
+    def _clear(self) -> None:
+        pass
+
+
+def notebook_display(*, quiet: bool = False) -> Display | None:
+    """A `NotebookDisplay` when this process is a Jupyter kernel, else None."""
+    shell = sys.modules.get("IPython")
+    get = getattr(shell, "get_ipython", None)
+    kernel = get() if get is not None else None
+    if kernel is None or type(kernel).__name__ != "ZMQInteractiveShell":
+        return None
+    return NotebookDisplay(quiet=quiet)

@@ -36,6 +36,7 @@ from search.export import Export, ExportError, versions
 from search.folders import FileSplit
 from search.ranking import best_first
 from search.training import (
+    batch_size_of,
     describe_device,
     fit,
     for_raw_images,
@@ -265,7 +266,7 @@ def reevaluate(
 
 def _start_job(threads: int) -> None:
     """A re-evaluation process: its thread count, before TensorFlow starts its runtime."""
-    from search.worker import configure_threads
+    from search.device import configure_threads
 
     configure_threads(threads)
 
@@ -341,7 +342,7 @@ def _build(export: Export, entry: dict[str, Any], data: Dataset, schedule_epochs
     try:
         model = space.build(config, data.input_shape, data.num_classes)
         learning_rate_callbacks(config, schedule_epochs=schedule_epochs)
-        batch_size = config["batch_size"]
+        batch_size = batch_size_of(config)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size is {batch_size!r}, but must be an integer >= 1")
     except KeyError as e:

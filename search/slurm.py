@@ -159,11 +159,12 @@ def batch_script(array: SlurmArray) -> str:
     return "\n".join(lines) + "\n"
 
 
-def submit(script: Path, *, storage: str) -> str:
-    """Submit an sbatch script whose tasks open `storage`; return the job id.
+def submit(script: Path, *, environment: dict[str, str]) -> str:
+    """Submit an sbatch script; return the job id.
 
-    The tasks inherit this process's environment (storage options, SEARCH_STORAGE_PASSWORD_FILE)
-    with SEARCH_STORAGE set to `storage`.
+    The tasks inherit this process's environment with `environment` over it: the settings
+    of the submitting command as SEARCH_* variables (`Settings.environment`: the storage,
+    its password file, checkpoints, retries...), which each task's worker reads back.
 
     Raises:
         SubmitError: sbatch is missing or refused the job (with its message).
@@ -171,7 +172,7 @@ def submit(script: Path, *, storage: str) -> str:
     try:
         result = subprocess.run(
             ["sbatch", "--parsable", str(script)],
-            env=os.environ | {"SEARCH_STORAGE": storage},
+            env=os.environ | environment,
             capture_output=True,
             text=True,
             timeout=120,

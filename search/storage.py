@@ -9,7 +9,6 @@ heartbeating for `grace_period` seconds is failed and retried once with the same
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import sys
 import time
@@ -27,10 +26,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from search.failures import retry_callback
+from search.settings import DEFAULT_STORAGE, Settings, SettingsError
 
-DEFAULT_STORAGE = "sqlite:///runs/search.db"
-DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_GRACE_PERIOD = 10, 60
-HEARTBEAT_ENV, GRACE_ENV = "SEARCH_HEARTBEAT_INTERVAL", "SEARCH_GRACE_PERIOD"
 # What a storage raises while its database is unreachable for a moment (a restart, a network
 # blip): Optuna wraps most driver errors, but a failed connect can come through unwrapped.
 TRANSIENT_ERRORS = (optuna.exceptions.StorageInternalError, SQLAlchemyError)
@@ -46,19 +43,18 @@ class StorageError(ValueError):
     """A storage URL that cannot be used; the message names it and why."""
 
 
-def storage_url(url: str | None = None) -> str:
-    """The URL to use: the flag, else `SEARCH_STORAGE`, else the local SQLite file.
+def storage_url(settings: Settings) -> str:
+    """The settings' storage URL, with the password from `storage_password_file` if given.
 
-    A password kept out of the URL is read from the file `SEARCH_STORAGE_PASSWORD_FILE`
-    names (a compose secret, for instance).
+    A password kept out of the URL (a compose secret, for instance) is read from that file.
     """
-    url = url or os.environ.get("SEARCH_STORAGE") or DEFAULT_STORAGE
-    password_file = os.environ.get("SEARCH_STORAGE_PASSWORD_FILE")
+    url = settings.storage
+    password_file = settings.storage_password_file
     if password_file and not url.startswith("sqlite"):
         try:
             password = Path(password_file).read_text().strip()
         except OSError as e:
-            raise StorageError(f"SEARCH_STORAGE_PASSWORD_FILE {password_file}: {e}") from None
+            raise StorageError(f"storage password file {password_file}: {e}") from None
         url = make_url(url).set(password=password).render_as_string(hide_password=False)
     return url
 
@@ -71,50 +67,32 @@ def redact(url: str) -> str:
         return url
 
 
-def heartbeat_settings(
-    heartbeat_interval: int | None = None, grace_period: int | None = None
-) -> tuple[int, int]:
-    """Seconds between heartbeats and before a silent trial is dead: given, else environment.
-
-    Storage options, not study settings: every process that opens the storage (workers,
-    the supervisor's reaper, `search reap`) should use the same, and changing them never
-    changes a study.
-    """
-    interval = heartbeat_interval or _env_seconds(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_INTERVAL)
-    grace = grace_period or _env_seconds(GRACE_ENV, DEFAULT_GRACE_PERIOD)
-    if grace <= interval:
-        raise StorageError(
-            f"the grace period ({grace} s) must be greater than the heartbeat interval"
-            f" ({interval} s): --grace-period/{GRACE_ENV}, --heartbeat-interval/{HEARTBEAT_ENV}"
-        )
-    return interval, grace
-
-
-def _env_seconds(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    try:
-        seconds = int(value)
-    except ValueError:
-        seconds = 0
-    if seconds < 1:
-        raise StorageError(f"{name}={value!r}: must be a whole number of seconds >= 1")
-    return seconds
-
-
 def open_storage(
-    url: str | None = None,
+    settings: Settings | str | None = None,
     *,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
 ) -> optuna.storages.RDBStorage:
-    """Open (creating tables if needed) the storage at `url`, with heartbeats and retries.
+    """Open (creating tables if needed) the storage of `settings`, with heartbeats and retries.
 
-    Heartbeat settings not given come from the environment (`heartbeat_settings`).
+    Args:
+        settings: this process's settings, or a storage URL alone (other settings default).
+        heartbeat_interval, grace_period: given, they replace the settings' own.
+
+    Heartbeat settings are storage options, not study settings: every process that opens
+    the storage (workers, the supervisor's reaper, `search reap`) should use the same, and
+    changing them never changes a study. A trial found stale is retried as
+    `search.failures.RetryWithProgress` says, with the settings' checkpoints and retries.
     """
-    heartbeat_interval, grace_period = heartbeat_settings(heartbeat_interval, grace_period)
-    url = storage_url(url)
+    if not isinstance(settings, Settings):
+        settings = Settings(storage=settings or DEFAULT_STORAGE)
+    try:
+        settings = settings.replace(
+            heartbeat_interval=heartbeat_interval, grace_period=grace_period
+        )
+    except SettingsError as e:
+        raise StorageError(str(e)) from None
+    url = storage_url(settings)
     try:
         parsed = make_url(url)
     except ArgumentError as e:
@@ -142,9 +120,9 @@ def open_storage(
             return _Storage(
                 url,
                 engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry_callback(),
+                heartbeat_interval=settings.heartbeat_interval,
+                grace_period=settings.grace_period,
+                heartbeat_stale_trial_callback=retry_callback(settings),
             )
         except ImportError as e:
             raise StorageError(f"storage URL {redact(url)}: driver missing ({e})") from None

@@ -7,22 +7,19 @@ Kubernetes manifests are `search.kubernetes`'s.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from search.checkpoints import CHECKPOINTS_ENV, DEFAULT_LOCATION
-from search.cli import (
-    RUNS_DIR,
-    _budget_flags,
-    _cache_flag,
-    _data_dir_flag,
-    _enqueue_flag,
-    _mixed_precision_flag,
-    _positive_int,
-    _prepare,
-)
 from search.config import check_space_options, load_config
+from search.flags import (
+    budget_flags,
+    cache_flag,
+    data_dir_flag,
+    enqueue_flag,
+    mixed_precision_flag,
+    positive_int,
+)
 from search.kubernetes import KubernetesStudy, ManifestError, dump_manifests
+from search.settings import Settings
 from search.slurm import (
     SlurmArray,
     SubmitError,
@@ -31,7 +28,7 @@ from search.slurm import (
     shared_checkpoints,
     submit,
 )
-from search.storage import DEFAULT_STORAGE, storage_url
+from search.storage import storage_url
 
 
 def add_submit_commands(sub, common: argparse.ArgumentParser) -> None:
@@ -46,17 +43,17 @@ def add_submit_commands(sub, common: argparse.ArgumentParser) -> None:
         c = clusters.add_parser(name, help=help, description=help, parents=[common])
         c.set_defaults(command=func, name=f"submit {name}")
         c.add_argument("study_file", metavar="STUDY.toml")
-        c.add_argument("--workers", type=_positive_int, required=True, help="worker processes")
+        c.add_argument("--workers", type=positive_int, required=True, help="worker processes")
         c.add_argument(
             "--cpus-per-task",
-            type=_positive_int,
+            type=positive_int,
             default=1,
             metavar="N",
             help="CPUs of each worker, its TensorFlow threads (1)",
         )
-        c.add_argument("--gpus-per-task", type=_positive_int, metavar="N", help="GPUs of each")
-        _cache_flag(c)
-        _mixed_precision_flag(c)
+        c.add_argument("--gpus-per-task", type=positive_int, metavar="N", help="GPUs of each")
+        cache_flag(c)
+        mixed_precision_flag(c)
         return c
 
     c = cluster(
@@ -67,7 +64,7 @@ def add_submit_commands(sub, common: argparse.ArgumentParser) -> None:
     c.add_argument("--partition", help="sbatch --partition")
     c.add_argument("--time", help="sbatch --time: each task's limit (MINUTES, D-HH:MM:SS...)")
     c.add_argument("--account", help="sbatch --account")
-    _data_dir_flag(c)
+    data_dir_flag(c)
     c.add_argument(
         "--sbatch-options",
         metavar='"OPTIONS"',
@@ -77,8 +74,8 @@ def add_submit_commands(sub, common: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--dry-run", action="store_true", help="print the sbatch script; create and submit nothing"
     )
-    _budget_flags(c)
-    _enqueue_flag(c)
+    budget_flags(c)
+    enqueue_flag(c)
 
     c = cluster(
         "kubernetes",
@@ -90,8 +87,10 @@ def add_submit_commands(sub, common: argparse.ArgumentParser) -> None:
     c.add_argument("--memory", default="4Gi", help="memory of each worker (4Gi)")
 
 
-def _submit_slurm(args: argparse.Namespace) -> int:
-    storage = args.storage or os.environ.get("SEARCH_STORAGE") or DEFAULT_STORAGE
+def _submit_slurm(args: argparse.Namespace, settings: Settings) -> int:
+    from search.api import study_from_file
+
+    storage = settings.storage
     if storage.startswith("sqlite"):
         raise SubmitError(
             f"storage {storage}: the tasks of a job array run on several machines, which share"
@@ -105,8 +104,8 @@ def _submit_slurm(args: argparse.Namespace) -> int:
     array = SlurmArray(
         study_name=name,
         n_workers=args.workers,
-        log_dir=(RUNS_DIR / name / "slurm").resolve(),
-        checkpoints=shared_checkpoints(os.environ.get(CHECKPOINTS_ENV) or DEFAULT_LOCATION),
+        log_dir=(settings.runs_dir / name / "slurm").resolve(),
+        checkpoints=shared_checkpoints(settings.checkpoints),
         cpus_per_task=args.cpus_per_task,
         gpus_per_task=args.gpus_per_task,
         partition=args.partition,
@@ -119,11 +118,17 @@ def _submit_slurm(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(script, end="")
         return 0
-    _prepare(args)
+    study_from_file(
+        args.study_file,
+        settings=settings,
+        n_trials=args.n_trials,
+        timeout_minutes=args.timeout_minutes,
+        enqueue=args.enqueue,
+    )
     array.log_dir.mkdir(parents=True, exist_ok=True)
     path = array.log_dir / f"{array.job_name}.sbatch"
     path.write_text(script)
-    job = submit(path, storage=storage)
+    job = submit(path, environment=settings.environment())
     print(
         f"submitted job array {job} ({args.workers} workers of {name!r}); script {path};"
         f" logs {array.log_dir}/{array.job_name}-{job}_<task>.log"
@@ -131,13 +136,14 @@ def _submit_slurm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit_kubernetes(args: argparse.Namespace) -> int:
+def _submit_kubernetes(args: argparse.Namespace, settings: Settings) -> int:
     from spaces import load_space
 
     config = load_config(args.study_file)
     check_space_options(config, load_space(config.study.space), source=args.study_file)
-    url = args.storage or os.environ.get("SEARCH_STORAGE")
-    checkpoints = os.environ.get(CHECKPOINTS_ENV)
+    # Only what was given (a flag or the environment) goes into the manifests.
+    url = settings.storage if "storage" in settings.sources else None
+    checkpoints = settings.checkpoints if "checkpoints" in settings.sources else None
     if checkpoints and not (checkpoints == "none" or checkpoints.startswith("s3://")):
         raise ManifestError(
             f"checkpoints {checkpoints!r}: a folder here is not in the pods; give s3://..., none,"
@@ -154,7 +160,7 @@ def _submit_kubernetes(args: argparse.Namespace) -> int:
         cpus=args.cpus_per_task,
         memory=args.memory,
         gpus=args.gpus_per_task,
-        storage_url=storage_url(url) if url else None,
+        storage_url=storage_url(settings) if url else None,
         checkpoints=checkpoints,
         worker_args=worker_args,
     )

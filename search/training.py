@@ -38,6 +38,16 @@ class Horizon:
         self.planned = planned
 
 
+# What a config without these keys trains with (a user's own space may leave them out).
+CONSTANT = {"name": "constant"}
+DEFAULT_BATCH_SIZE = 32  # Keras' own default
+
+
+def batch_size_of(config: dict[str, Any]) -> int:
+    """The config's batch size (Keras' default, 32, where it names none)."""
+    return int(config.get("batch_size", DEFAULT_BATCH_SIZE))
+
+
 def learning_rate_callbacks(
     config: dict[str, Any], *, schedule_epochs: int | Horizon
 ) -> list[keras.callbacks.Callback]:
@@ -49,11 +59,11 @@ def learning_rate_callbacks(
             also when retraining for fewer epochs, so the rate follows the trial's own path.
     """
     horizon = schedule_epochs if isinstance(schedule_epochs, Horizon) else Horizon(schedule_epochs)
-    schedule = config["schedule"]
-    initial = config["learning_rate"]
+    schedule = config.get("schedule", CONSTANT)
     name = schedule["name"]
     if name == "constant":
         return []
+    initial = config["learning_rate"]
     if name == "step":
         # Counted from the initial rate, not compounded on the current one (the
         # notebook's bug: its rate collapsed to zero after epoch 11).
@@ -209,7 +219,7 @@ def fit(
     """
     if schedule is None:
         schedule = learning_rate_callbacks(config, schedule_epochs=schedule_epochs or epochs)
-    batch_size = config["batch_size"]
+    batch_size = batch_size_of(config)
     order = {"seed": shuffle_seed, "first_epoch": initial_epoch, "epochs": epochs}
     if isinstance(data.train, FileSplit):
         train = data.train.stream(
@@ -264,7 +274,13 @@ def save_model(model: keras.Model, path: Path) -> None:
     (plain SGD keeps no state per weight, so the file loads without Keras' warning about
     optimizer variables; to train it further, compile it with the optimizer you want).
     """
-    standalone = keras.Model(model.input, model.output, name=model.name)
+    try:
+        standalone = keras.Model(model.input, model.output, name=model.name)
+    except (AttributeError, ValueError):
+        # A Sequential model that was never called as a graph (a user's own build) has no
+        # input tensor: the same layers, cloned, with the trained weights.
+        standalone = keras.models.clone_model(model)
+        standalone.set_weights(model.get_weights())
     standalone.compile(
         optimizer=keras.optimizers.SGD(),
         loss="sparse_categorical_crossentropy",

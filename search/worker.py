@@ -1,45 +1,40 @@
-"""Worker processes: one runs trials until the budget is spent; a supervisor runs N of them.
+"""A worker: one process that runs a study's trials until its budget is spent.
 
-A worker is a plain process running `search worker`, the same command docker-compose and
-other machines run, so the local and the distributed setups share one code path.
+Every worker is this code, however it was started: by `search run`'s supervisor
+(`search.supervisor`, which hands it a `WorkerSpec`), by `search worker` on any machine, by
+docker-compose, a SLURM job array or a Kubernetes Job. `serve` is its process's body: it
+sets the device up, turns Ctrl-C and SIGTERM into a stop between batches and runs
+`run_worker`. `python -m search.worker SPEC` is the entry point the supervisor starts.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
+import pickle
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from search.budget import progress
-from search.checkpoints import keep_best, open_store, prune_kept
-from search.config import StudyConfig
+from search.checkpoints import open_store, prune_kept
 from search.data import Dataset
+from search.device import configure_device
 from search.export import CLASS_NAMES_ATTR
-from search.failures import check_failures, deadline_summary, fail_running, reap, requeue
-from search.progress import Display, show
-from search.storage import TRANSIENT_ERRORS, describe_error
+from search.failures import check_failures, reap, requeue
+from search.settings import Settings
 from search.study import load_definition, make_pruner, make_sampler
 
-# Seconds between a supervisor's looks at the study (progress, reaping stale trials), and
-# between two redraws of its live display on a terminal.
-POLL_SECONDS = 5.0
-LIVE_POLL_SECONDS = 1.0
-# Seconds a worker has to stop after SIGTERM before it is killed. Trials stop between
-# batches, so only a hung worker takes this long.
-STOP_GRACE_SECONDS = 60.0
 # Seconds a worker waits for others' last trials (and reaps stale ones) before looking again.
 TAIL_WAIT_SECONDS = 2.0
 EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 # Set when a worker's deadline passes; it also sets pacing.STOP, so a running trial stops
 # at its next batch and is queued again, and the worker tells a timeout (a normal end, exit 0)
@@ -47,75 +42,100 @@ EXIT_CONFIG_ERROR = 2
 TIME_UP = threading.Event()
 
 
-def configure_threads(n_threads: int) -> None:
-    """Limit TensorFlow's threads; must run before TensorFlow starts its runtime."""
-    import tensorflow as tf
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What one worker process runs: a study in a storage, with a process's settings.
 
-    tf.config.threading.set_intra_op_parallelism_threads(n_threads)
-    tf.config.threading.set_inter_op_parallelism_threads(min(n_threads, 2))
-
-
-def gpu_env(gpu: str) -> dict[str, str]:
-    """The environment that gives a process one GPU, whose memory it takes as it needs it."""
-    return {"CUDA_VISIBLE_DEVICES": gpu, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
-
-
-def worker_env(slot: int, gpus: Sequence[str] | None = None) -> dict[str, str]:
-    """A worker process's environment: this one's, and with `gpus` one of them (by slot).
-
-    Slots take the GPUs in turn, so with K workers per GPU each GPU has K of them.
+    Attributes:
+        worker_index: seeds the worker's sampler; every process gets its own.
+        deadline: the run's time limit, a Unix time, which a recycled worker keeps.
+        max_trials: the process exits after this many trials (a supervisor starts another).
+        mixed_precision: float16 compute on a GPU.
     """
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    if gpus:
-        env |= gpu_env(gpus[slot % len(gpus)])
-    return env
+
+    study_name: str
+    settings: Settings
+    worker_index: int = 0
+    deadline: float | None = None
+    max_trials: int | None = None
+    mixed_precision: bool = False
 
 
-def configure_device(
-    *, threads: int, gpu: int | None = None, mixed_precision: bool = False
-) -> None:
-    """A training process's GPU, threads and precision; must run before TensorFlow starts.
+def serve(
+    spec: WorkerSpec,
+    *,
+    storage: optuna.storages.BaseStorage | None = None,
+    data: Dataset | None = None,
+) -> int:
+    """A worker process's body: set up its device and signals, run trials; an exit code.
+
+    Ctrl-C (which reaches every worker) or SIGTERM (compose, the supervisor, SLURM): the
+    running trial stops at its next batch, is failed with its reason and queued again, and
+    this returns 130. The study's timeout is its normal end: 0.
 
     Args:
-        gpu: train on this GPU only (CUDA_VISIBLE_DEVICES); default: as the environment says.
-        mixed_precision: float16 compute (Keras' mixed_float16); ignored with a warning
-            where no GPU is visible, as it only slows a CPU down.
+        storage, data: the caller's, where it opened or loaded them already.
     """
-    if gpu is not None:
-        os.environ.update(gpu_env(str(gpu)))
-    configure_threads(threads)
-    if mixed_precision:
-        import keras
-        import tensorflow as tf
+    from search.pacing import STOP, Interrupted
+    from search.storage import open_storage
 
-        if tf.config.list_physical_devices("GPU"):
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        else:
-            print("warning: --mixed-precision is ignored: no GPU is visible", file=sys.stderr)
-
-
-def hide_gpus() -> None:
-    """Keep a process that trains nothing (a supervisor, `search create`) off the GPUs.
-
-    TensorFlow takes the memory of every GPU it sees when it starts; checking a folder's
-    images starts it.
-    """
-    import tensorflow as tf
-
+    # Before TensorFlow starts; two 1-thread workers beat one 2-thread worker on CPU.
+    configure_device(threads=spec.settings.threads or 1, mixed_precision=spec.mixed_precision)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: STOP.set())
     try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TensorFlow has started already; nothing to be done here
-        pass
+        run_worker(
+            spec.study_name,
+            storage or open_storage(spec.settings),
+            spec.settings,
+            worker_index=spec.worker_index,
+            data=data,
+            max_trials=spec.max_trials,
+            deadline=spec.deadline,
+        )
+    except Interrupted as e:
+        print(f"search worker: stopped ({e}); the trial was queued again", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    # A timeout is the study's normal end, not an interruption.
+    return EXIT_INTERRUPTED if STOP.is_set() and not TIME_UP.is_set() else 0
+
+
+def write_spec(spec: WorkerSpec, path: Path) -> Path:
+    """Write a spec for `python -m search.worker PATH`, which reads and removes it."""
+    with open(path, "wb") as f:
+        pickle.dump(spec, f)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m search.worker SPEC`: the process a supervisor starts for one worker."""
+    import warnings
+
+    from search.api import USER_ERRORS
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    (path,) = sys.argv[1:] if argv is None else argv
+    with open(path, "rb") as f:
+        spec: WorkerSpec = pickle.load(f)
+    os.unlink(path)
+    levels = {-2: optuna.logging.ERROR, -1: optuna.logging.WARNING, 0: optuna.logging.INFO}
+    optuna.logging.set_verbosity(levels.get(spec.settings.verbosity, optuna.logging.DEBUG))
+    try:
+        return serve(spec)
+    except USER_ERRORS as e:
+        print(f"search worker: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 def run_worker(
     study_name: str,
     storage: optuna.storages.BaseStorage,
+    settings: Settings,
     *,
     worker_index: int,
-    data_dir: str | None = None,
     data: Dataset | None = None,
-    cache: str = "none",
     max_trials: int | None = None,
     deadline: float | None = None,
     log: Callable[[str], None] = print,
@@ -123,8 +143,8 @@ def run_worker(
     """Run trials of a study until its budget is spent, its time is up or `max_trials` ran.
 
     Args:
+        settings: where checkpoints go, how many kept models, the data's folder and cache.
         data: the study's dataset if the caller has loaded it already; else loaded here.
-        cache: where a dir:PATH dataset's decoded images are kept (none, memory, disk).
         deadline: when the time is up, a Unix time (default: the study's timeout_minutes
             from now). A trial running then stops at its next batch and is queued again.
 
@@ -156,7 +176,7 @@ def run_worker(
     try:
         start = time.monotonic()
         if data is None:
-            data = load_study_data(config.data, data_dir=data_dir, cache=cache)
+            data = load_study_data(config.data, data_dir=settings.data_dir, cache=settings.cache)
         log(
             f"worker {worker_index}: {config.data.dataset} loaded in"
             f" {time.monotonic() - start:.1f}s"
@@ -166,13 +186,14 @@ def run_worker(
         if CLASS_NAMES_ATTR not in study.user_attrs:
             # What the models' outputs mean, for exports (and their kept models) to carry.
             study.set_user_attr(CLASS_NAMES_ATTR, list(data.class_names))
-        store = open_store()
-        keep = keep_best()
+        store = open_store(settings.checkpoints)
+        keep = settings.keep_best
         objective = Objective(
             config,
             load_space(config.study.space),
             data,
             store=store,
+            keep_best=keep,
             deadline=deadline,
             log=lambda line: log(f"worker {worker_index}: {line}"),
         )
@@ -255,184 +276,5 @@ def _start_timer(deadline: float) -> threading.Timer:
     return timer
 
 
-def supervise(
-    config: StudyConfig,
-    storage: optuna.storages.BaseStorage,
-    *,
-    worker_args: list[str],
-    n_workers: int,
-    log_dir: Path,
-    gpus: Sequence[str] | None = None,
-    max_restarts: int = 3,
-    display: Display | None = None,
-) -> int:
-    """Run `n_workers` worker processes until the budget is spent; return an exit code.
-
-    With `gpus`, worker slot i trains on GPU gpus[i % len(gpus)] (`worker_env`), also
-    when it is restarted or recycled.
-
-    Shows progress, fails stale trials (a reaper, so a study whose workers all died still
-    recovers), restarts crashed workers up to `max_restarts` times each and recycles
-    workers that exit after their `--max-trials-per-process`. At the study's timeout the
-    workers stop their trials at the next batch (`search.objective` says what becomes of
-    them), and this returns 0. A worker that does not stop within `STOP_GRACE_SECONDS` is
-    killed and its trial failed and queued again here: none is left RUNNING.
-
-    Args:
-        display: where progress goes (default: this process's stdout).
-    """
-    display = display or Display()
-    out = display.event
-    study = optuna.load_study(study_name=config.name, storage=storage)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    n_trials = config.trials.n_trials
-    timeout = config.trials.timeout_minutes
-    deadline = time.time() + timeout * 60 if timeout else None
-    if deadline is not None:
-        # One deadline for every process: a recycled or restarted worker keeps it rather
-        # than timing its own full timeout from its start.
-        worker_args = [*worker_args, "--deadline", repr(deadline)]
-    # Every process gets a new worker index, so a replaced or recycled worker seeds its
-    # sampler afresh instead of suggesting its predecessor's first points again.
-    starts = itertools.count()
-    procs = {
-        i: _start_worker(worker_args, i, next(starts), log_dir, gpus) for i in range(n_workers)
-    }
-    placed = f" on GPUs {','.join(gpus)} (CUDA_VISIBLE_DEVICES)" if gpus else ""
-    out(f"started {n_workers} workers{placed}; their logs: {log_dir}/worker-*.log")
-    restarts = dict.fromkeys(procs, 0)
-    gave_up = False
-    unreachable = ""
-    # SIGTERM (kill, systemd, a container stopping) stops the workers as Ctrl-C does,
-    # rather than leaving them running without their supervisor. SIGINT is handled even
-    # where a shell started this process ignoring it (in the background), as the workers
-    # handle it: else a Ctrl-C to the group would stop the workers and this would restart them.
-    previous = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, _terminated),
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
-    }
-    try:
-        while procs:
-            try:
-                reap(study)
-                state = progress(study)
-                show(
-                    display,
-                    study,
-                    state,
-                    n_trials=n_trials,
-                    metric=config.study.metric,
-                    direction=config.direction,
-                    max_epochs=config.trials.max_epochs,
-                    deadline=deadline,
-                )
-                unreachable = ""
-            except TRANSIENT_ERRORS as e:
-                # The workers wait for the database themselves (or exit and are restarted);
-                # the supervisor keeps tending them and looks at the study again next time.
-                line = f"storage unreachable ({describe_error(e)}); looking again soon"
-                if line != unreachable:
-                    out(line)
-                unreachable, state = line, None
-            if deadline is not None and time.time() >= deadline:
-                # The workers' own timers stopped their trials at this deadline; SIGTERM
-                # reaches any that missed it (a clock step, a worker still loading data).
-                out(f"time limit of {timeout:g} minutes reached; stopping workers...")
-                _stop(study, procs.values(), out)
-                procs.clear()
-                out(deadline_summary(study, deadline))
-                break
-            spent = state is not None and state.spent(n_trials)
-            for i, proc in list(procs.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                if spent or code == EXIT_CONFIG_ERROR:
-                    del procs[i]
-                    gave_up |= code != 0
-                    continue
-                if code != 0:
-                    restarts[i] += 1
-                    if restarts[i] > max_restarts:
-                        out(
-                            f"worker {i} failed {restarts[i]} times (exit {code}); giving up on it"
-                        )
-                        del procs[i]
-                        gave_up = True
-                        continue
-                    out(
-                        f"worker {i} exited with {code};"
-                        f" restarting it ({restarts[i]}/{max_restarts})"
-                    )
-                procs[i] = _start_worker(worker_args, i, next(starts), log_dir, gpus)
-            if procs:
-                # A live display ticks every second; plain lines need no more than a poll.
-                period = LIVE_POLL_SECONDS if display.live else POLL_SECONDS
-                wait = period if deadline is None else deadline - time.time()
-                time.sleep(min(period, max(0.0, wait)))
-    except (KeyboardInterrupt, Terminated) as e:
-        out("stopping workers (their running trials are failed and queued again)...")
-        _stop(study, procs.values(), out)
-        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    state = progress(study)
-    display.final(f"[{time.strftime('%H:%M:%S')}] {state.line(n_trials, config.study.metric)}")
-    return 1 if gave_up and state.finished < n_trials else 0
-
-
-class Terminated(Exception):
-    """The supervisor received SIGTERM."""
-
-
-def _terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-def _start_worker(
-    worker_args: list[str],
-    slot: int,
-    index: int,
-    log_dir: Path,
-    gpus: Sequence[str] | None = None,
-) -> subprocess.Popen:
-    log = open(log_dir / f"worker-{slot}.log", "ab")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", "worker", *worker_args, "--worker-index", str(index)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=worker_env(slot, gpus),
-    )
-
-
-def _stop(study: optuna.Study, procs, out: Callable[[str], None]) -> None:
-    """SIGTERM the workers, then SIGKILL stragglers and fail and requeue their trials.
-
-    A worker stops its trial within a batch of SIGTERM; one that does not within
-    `STOP_GRACE_SECONDS` (a batch that long, a hung call) is killed, and its trial, which
-    would stay RUNNING until the grace period of some later process, is failed and queued
-    again now.
-    """
-    procs = list(procs)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    killed = []
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            killed.append(proc.pid)
-    if killed:
-        host = socket.gethostname()
-        reason = f"killed: its worker did not stop within {STOP_GRACE_SECONDS:g} s of SIGTERM"
-        numbers = fail_running(study, {f"{host}:{pid}" for pid in killed}, reason)
-        out(
-            f"{len(killed)} worker{'s' * (len(killed) != 1)} killed; trials {numbers} failed"
-            " and queued again"
-        )
+if __name__ == "__main__":
+    sys.exit(main())

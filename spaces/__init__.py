@@ -16,7 +16,7 @@ records it).
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from pathlib import Path
 from typing import Any, NamedTuple
 
 SPACES = ("dense", "conv", "transfer")
@@ -44,8 +44,79 @@ class SpaceError(ValueError):
     """A space name that does not resolve to a usable space module."""
 
 
-def load_space(name: str) -> ModuleType:
-    """Import a space by short name ("conv") or dotted module path ("mypkg.myspace")."""
+class Space:
+    """A space given in code: a user's own `suggest` and `build`, as a space module has them.
+
+    `search.create_study(space=Space(suggest, build))` saves it with cloudpickle beside the
+    study (functions defined in a notebook or a script travel by value), and the study's
+    definition names that file (`pickle:PATH`), so workers, `search export` and `search
+    retrain` load the same functions.
+
+    Args:
+        suggest: `suggest(trial) -> dict`, the config of a trial; training reads its
+            `batch_size` (default 32), `learning_rate` and `schedule` (default constant).
+        build: `build(config, input_shape, num_classes) -> keras.Model`, compiled
+            (`compile_model` compiles with the config's optimizer and learning rate).
+        baselines: named params to enqueue (`enqueue_baselines`), as a module's BASELINES.
+        prior: a `Prior` per param name, as a module's PRIOR.
+        options: fixed settings with defaults, set by a study's [space] table.
+        warning: `warning(config) -> str | None`, why a config's results would mislead.
+        name: what the space is called in messages (default: build's module and name).
+    """
+
+    def __init__(
+        self,
+        suggest: Any,
+        build: Any,
+        *,
+        baselines: dict[str, dict[str, Any]] | None = None,
+        prior: dict[str, Prior] | None = None,
+        options: dict[str, Any] | None = None,
+        warning: Any = None,
+        name: str | None = None,
+    ) -> None:
+        if not (callable(suggest) and callable(build)):
+            raise SpaceError("a Space needs two functions: suggest(trial) and build(config, ...)")
+        self.suggest = suggest
+        self.build = build
+        self.BASELINES = dict(baselines or {})
+        self.OPTIONS = dict(options or {})
+        if prior is not None:
+            self.PRIOR = dict(prior)
+        if warning is not None:
+            self.warning = warning
+        self.__name__ = name or f"{build.__module__}.{build.__qualname__}"
+
+    def __repr__(self) -> str:
+        return f"Space({self.__name__})"
+
+
+PICKLED = "pickle:"
+
+
+def save_space(space: Space, path: Path) -> str:
+    """Write a Space with cloudpickle (functions by value); returns its name, `pickle:PATH`.
+
+    Written beside and renamed over, so a worker never reads half a file.
+    """
+    import cloudpickle
+
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(cloudpickle.dumps(space))
+    tmp.replace(path)
+    return f"{PICKLED}{path}"
+
+
+def load_space(name: str) -> Any:
+    """A space by short name ("conv"), dotted module path ("mypkg.myspace") or `pickle:PATH`.
+
+    `pickle:PATH` is a `Space` saved by `save_space`; like a module, loading it runs code, so
+    a study's definition must come from a storage one trusts.
+    """
+    if name.startswith(PICKLED):
+        return _load_pickled(name, Path(name[len(PICKLED) :]))
     module_name = f"spaces.{name}" if "." not in name else name
     try:
         module = importlib.import_module(module_name)
@@ -60,6 +131,24 @@ def load_space(name: str) -> ModuleType:
     if missing:
         raise SpaceError(f"space {name!r} ({module.__file__}) lacks {', '.join(missing)}")
     return module
+
+
+def _load_pickled(name: str, path: Path) -> Space:
+    import pickle
+
+    try:
+        with open(path, "rb") as f:
+            space = pickle.load(f)
+    except FileNotFoundError:
+        raise SpaceError(
+            f"space is {name!r}, but no such file: a space given in code is saved there when"
+            " its study is created; every worker must reach it (a shared folder)"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+        raise SpaceError(f"space is {name!r}, but it cannot be loaded here ({e})") from None
+    if not isinstance(space, Space):
+        raise SpaceError(f"space is {name!r}, but that file holds no Space")
+    return space
 
 
 def compile_model(model: Any, config: dict[str, Any], *, optimizer: Any = None) -> Any:
