@@ -21,9 +21,8 @@ def build(config, input_shape, num_classes):
 
 (x_train, y_train), (x_test, y_test) = fashion_mnist()
 data = (x_train[:5000], y_train[:5000], x_test, y_test)
-study = search.create_study(
-    "mlp", space=search.Space(suggest, build), data=data, n_trials=4, max_epochs=3
-)
+space = search.Space(suggest, build)
+study = search.create_study("mlp", space=space, data=data, n_trials=4, max_epochs=3)
 study.optimize(workers=2)
 print("best trial:", study.best_trial.params, study.best_model().count_params(), "weights")
 print("test accuracy:", study.retrain().test_accuracy)

@@ -130,7 +130,7 @@ def create_study(
             allowed = [k for k in allowed if k not in ("name", "space", "dataset")]
             raise ConfigError(f"create_study: unknown keyword {key!r}; keys: {', '.join(allowed)}")
         raw[section][key] = value
-    raw["data"]["dataset"] = _dataset(data, folder)
+    raw["data"]["dataset"], arrays = _dataset(data, folder)
     space_object = None
     if isinstance(space, str):
         raw["study"]["space"] = space
@@ -149,7 +149,20 @@ def create_study(
     raw["space"] = dict(space_options or {})
     raw["prior"] = dict(prior or {})
     config = from_dict(raw, source="create_study")
-    return _create(config, settings, space=space_object, enqueue=enqueue, quiet=quiet)
+    path = Path(config.data.dataset.removeprefix("npz:"))
+    written = arrays is not None and not path.exists()
+    try:
+        if written:
+            # Checked with the study (as any .npz), and removed again if anything is wrong.
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as f:
+                np.savez(f, **arrays)
+            Path(f.name).replace(path)
+        return _create(config, settings, space=space_object, enqueue=enqueue, quiet=quiet)
+    except BaseException:
+        if written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def study_from_file(
@@ -205,10 +218,14 @@ def load_study(
     return _create(config, settings, enqueue=enqueue, quiet=quiet, source=f"study {name!r}")
 
 
-def _dataset(data: Any, folder: Path) -> str:
-    """The [data] dataset for `data`: a name as given, or arrays written as an .npz."""
+def _dataset(data: Any, folder: Path) -> tuple[str, dict[str, np.ndarray] | None]:
+    """The [data] dataset for `data`: a name as given, or arrays with the .npz they go to.
+
+    The file is named by the arrays' content: other arrays are another dataset, so a study
+    given other arrays under its name is a changed study (an error), not a silent swap.
+    """
     if isinstance(data, str):
-        return data
+        return data, None
     if isinstance(data, Mapping):
         arrays = dict(data)
     elif isinstance(data, tuple | list) and len(data) == 4:
@@ -219,17 +236,10 @@ def _dataset(data: Any, folder: Path) -> str:
             " 'dir:PATH'), a tuple (x_train, y_train, x_test, y_test) or a dict of those"
         )
     arrays = {key: np.asarray(value) for key, value in arrays.items()}
-    # Named by content: other arrays make another dataset, so a changed study is an error.
     digest = hashlib.sha256()
     for key in sorted(arrays):
         digest.update(key.encode() + str(arrays[key].dtype).encode() + arrays[key].tobytes())
-    path = folder / f"data-{digest.hexdigest()[:12]}.npz"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as f:
-            np.savez(f, **arrays)
-        Path(f.name).replace(path)
-    return f"npz:{path}"
+    return f"npz:{folder / f'data-{digest.hexdigest()[:12]}.npz'}", arrays
 
 
 def _create(
@@ -268,11 +278,12 @@ def _create(
         config.data, data_dir=settings.data_dir, cache=settings.cache, check=True
     )
     backend = open_storage(settings)
-    if config.study.space.startswith("pickle:"):
-        save_space(space, Path(config.study.space.removeprefix("pickle:")))
     optuna_study, created = create_in_storage(
         config, backend, dict(space.BASELINES), prior_centre=prior_centre, space=space
     )
+    if config.study.space.startswith("pickle:"):
+        # Once the study is known to match: the functions given last are what workers run.
+        save_space(space, Path(config.study.space.removeprefix("pickle:")))
     n_queued = enqueue_exported(optuna_study, exported)
     n = len(optuna_study.get_trials(deepcopy=False))
     say(

@@ -152,7 +152,7 @@ def test_a_killed_trial_goes_on_from_its_last_epoch(
     location = request.getfixturevalue("s3_bucket") if where == "s3" else str(tmp_path / "ckpt")
     # What the workers read (`cli_env` passes the environment on).
     monkeypatch.setenv("SEARCH_CHECKPOINTS", location)
-    store = open_store()
+    store = open_store(location)
     assert isinstance(store, S3Store if where == "s3" else FolderStore)
     with _storage_url(backend, tmp_path) as storage:
         study = _study(write_study, metric=metric)
@@ -366,16 +366,14 @@ def _failed(study: optuna.Study, retry_history: list[int]) -> optuna.trial.Froze
 
 def test_a_retry_comes_back_while_it_makes_progress_up_to_the_limit(tmp_path, monkeypatch):
     from search.checkpoints import Checkpoint, save_checkpoint
-    from search.failures import retry_callback
+    from search.failures import RetryWithProgress
 
-    monkeypatch.setenv("SEARCH_CHECKPOINTS", str(tmp_path / "runs"))
-    monkeypatch.setenv("SEARCH_MAX_RETRIES", "2")
     store = FolderStore(tmp_path / "runs")
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}")
 
     def retried(trial) -> bool:
         before = len(study.get_trials(states=(TrialState.WAITING,)))
-        retry_callback()(study, trial)
+        RetryWithProgress(str(tmp_path / "runs"), max_retries=2)(study, trial)
         return len(study.get_trials(states=(TrialState.WAITING,))) > before
 
     def progress(number: int) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from search import data as data_mod
 from search.data import DataError, load_dataset, load_test, stratified_split
+from search.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,10 @@ def test_data_dir_flag_and_env_are_searched_first(tmp_path, monkeypatch):
         "t10k-labels-idx1-ubyte.gz",
     ]:
         (tmp_path / name).symlink_to(data_mod.SYSTEM_DATA_DIR / name)
+    # The flag, else the variable, read once into the settings, is searched first.
     monkeypatch.setenv("SEARCH_DATA_DIR", str(tmp_path))
-    assert data_mod.find_fashion_mnist() == tmp_path
+    assert data_mod.find_fashion_mnist(Settings.from_env().data_dir) == tmp_path
+    assert Settings.from_env(data_dir="/elsewhere").data_dir == "/elsewhere"
     with pytest.raises(DataError, match="does not hold the Fashion-MNIST files"):
         data_mod.find_fashion_mnist(tmp_path / "empty")
 

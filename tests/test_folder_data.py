@@ -16,9 +16,12 @@ from PIL import Image
 
 from search.config import ConfigError, DataSection, load_config
 from search.data import load_dataset, load_study_test
+from search.device import worker_env
 from search.folders import resolve_folder
+from search.settings import Settings
 from search.storage import open_storage
-from search.worker import _start_worker, worker_env
+from search.supervisor import _start_worker
+from search.worker import WorkerSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # Three classes told apart by colour; images of 20x24, resized to 16x16 by the studies.
@@ -126,9 +129,11 @@ def test_a_relative_path_is_under_the_data_root(tmp_path, monkeypatch):
     assert resolve_folder("dir:shapes") == Path("shapes")
     assert resolve_folder(f"dir:{tmp_path}/x", "/elsewhere") == tmp_path / "x"
     monkeypatch.setenv("SEARCH_DATA_DIR", str(tmp_path / "root"))
-    assert resolve_folder("dir:shapes") == tmp_path / "root" / "shapes"
+    root = Settings.from_env().data_dir
+    assert resolve_folder("dir:shapes", root) == tmp_path / "root" / "shapes"
     make_folder(tmp_path / "root" / "shapes", per_class=10)
-    assert len(load_dataset("dir:shapes", image_size=(8, 8), color_mode="rgb").class_names) == 3
+    shapes = load_dataset("dir:shapes", image_size=(8, 8), color_mode="rgb", data_dir=root)
+    assert len(shapes.class_names) == 3
 
 
 def test_files_that_are_not_images_are_skipped_and_counted(tmp_path, capsys):
@@ -370,10 +375,13 @@ def test_each_worker_slot_gets_its_gpu_through_the_environment(tmp_path, monkeyp
         def __init__(self, args, **kwargs):
             started.update(args=args, env=kwargs["env"])
 
-    monkeypatch.setattr("search.worker.subprocess.Popen", Popen)
-    _start_worker(["--study-name", "s"], 3, 9, tmp_path, ["2", "5"])
+    monkeypatch.setattr("search.supervisor.subprocess.Popen", Popen)
+    _start_worker(WorkerSpec("s", Settings()), 3, 9, tmp_path, ["2", "5"])
     assert started["env"]["CUDA_VISIBLE_DEVICES"] == "5"
-    assert started["args"][-2:] == ["--worker-index", "9"]
+    # The worker gets its spec (its own index among it) as an object, not as flags.
+    assert started["args"][1:3] == ["-m", "search.worker"]
+    with open(started["args"][3], "rb") as f:
+        assert pickle.load(f) == WorkerSpec("s", Settings(), worker_index=9)
 
 
 def test_run_with_gpus_places_each_worker_on_its_gpu(tmp_path):

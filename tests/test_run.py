@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import optuna
 import pytest
-from conftest import run_search, start_search
+from conftest import cli_env, run_search, start_search
 from optuna.trial import TrialState
 
+from search.settings import Settings
 from search.storage import open_storage
+from search.worker import WorkerSpec, write_spec
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -239,15 +243,13 @@ def test_timeout_sizes_trials_to_the_time_and_leaves_none_running(tmp_path, writ
     # The workers took the stop for their time limit (exit 0), not for a signal.
     assert "time limit reached" in logs
     # A worker started after the deadline it was given (recycled, restarted) runs nothing.
-    late = run_search(
-        "worker",
-        "--study-name",
-        "t",
-        "--deadline",
-        str(time.time() - 1),
-        "--storage",
-        storage,
+    spec = WorkerSpec("t", Settings(storage=storage), deadline=time.time() - 1)
+    late = subprocess.run(
+        [sys.executable, "-m", "search.worker", str(write_spec(spec, tmp_path / "late.spec"))],
+        capture_output=True,
+        text=True,
         cwd=tmp_path,
+        env=cli_env(),
     )
     assert late.returncode == 0, late.stdout + late.stderr
     assert "time limit reached before it started" in late.stdout
