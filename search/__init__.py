@@ -9,12 +9,6 @@ The Python API (docs/api.md):
     study.best_trial, study.best_model(), study.export(), study.retrain(), study.report()
 """
 
-import os
-
-# TensorFlow's C++ INFO notes (CPU features, oneDNN) would drown every command's output;
-# set before anything imports TensorFlow. A user's own setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 __version__ = "0.1.0"
 
 # name -> the module that defines it; imported when first used, so `import search` stays light.

@@ -31,40 +31,20 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.checkpoints import CheckpointError
 from search.config import (
-    _SCHEMA,
     ConfigError,
     StudyConfig,
     check_space_options,
     from_dict,
     load_config,
+    section_of,
+    table_keys,
 )
-from search.dashboard import DashboardError
 from search.data import DataError
+from search.errors import USER_ERRORS
 from search.export import Export, ExportError
-from search.kubernetes import ManifestError
-from search.settings import Settings, SettingsError
-from search.slurm import SubmitError
-from search.storage import StorageError
+from search.settings import Settings
 from search.study import StudyError
-from spaces import SpaceError
-
-# What bad input raises (a study file, a dataset, a storage URL, a study name): a message
-# naming the file, key or value and the rule it broke; the CLI exits 2 with it.
-USER_ERRORS = (
-    CheckpointError,
-    ConfigError,
-    DashboardError,
-    DataError,
-    ExportError,
-    ManifestError,
-    SettingsError,
-    SpaceError,
-    StorageError,
-    StudyError,
-    SubmitError,
-)
 
 # `optimize` restarts a worker process after this many trials: memory held across trials
 # by TensorFlow grows with each (benchmarks/results/worker_memory.md).
@@ -123,11 +103,11 @@ def create_study(
     settings = (settings or Settings()).replace(storage=storage)
     folder = (settings.runs_dir / name).resolve()
     raw: dict[str, dict[str, Any]] = {"study": {"name": name}, "data": {}, "trials": {}}
+    given_apart = ("name", "space", "dataset")
     for key, value in keys.items():
-        section = next((s for s, table in _SCHEMA.items() if key in table), None)
-        if section is None or key in ("name", "space", "dataset"):
-            allowed = [k for table in _SCHEMA.values() for k in table]
-            allowed = [k for k in allowed if k not in ("name", "space", "dataset")]
+        section = section_of(key)
+        if section is None or key in given_apart:
+            allowed = [k for k in table_keys() if k not in given_apart]
             raise ConfigError(f"create_study: unknown keyword {key!r}; keys: {', '.join(allowed)}")
         raw[section][key] = value
     raw["data"]["dataset"], arrays = _dataset(data, folder)
@@ -745,6 +725,7 @@ def reap(
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "Retrained",
     "Study",
     "StudyError",

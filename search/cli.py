@@ -16,9 +16,9 @@ import warnings
 import optuna
 
 from search import __version__
-from search.api import USER_ERRORS
 from search.config import ConfigError
 from search.dashboard import DEFAULT_HOST, DEFAULT_PORT
+from search.errors import USER_ERRORS
 from search.flags import (
     budget_flags,
     cache_flag,
@@ -41,6 +41,9 @@ from search.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ INFO notes (CPU features, oneDNN) would drown every command's output;
+    # set before anything imports TensorFlow. A user's own setting wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Heartbeats and stale-trial reaping are marked experimental; we rely on them knowingly.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     parser = _parser()
@@ -107,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("create", _create, "Create a study from a file (idempotent); runs nothing.")
     p.add_argument("study_file", metavar="STUDY.toml")
+    p.set_defaults(study_name=None)
     budget_flags(p)
     enqueue_flag(p)
     data_dir_flag(p)
@@ -260,15 +264,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _create(args: argparse.Namespace, settings: Settings) -> int:
-    from search.api import study_from_file
-
-    study_from_file(
-        args.study_file,
-        settings=settings,
-        n_trials=args.n_trials,
-        timeout_minutes=args.timeout_minutes,
-        enqueue=args.enqueue,
-    )
+    _study(args, settings)
     return 0
 
 

@@ -190,6 +190,16 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
 _SECTIONS = {"study": StudySection, "data": DataSection, "trials": TrialsSection}
 
 
+def section_of(key: str) -> str | None:
+    """The table of [study], [data] and [trials] a key belongs to (None: none of them)."""
+    return next((section for section, table in _SCHEMA.items() if key in table), None)
+
+
+def table_keys() -> list[str]:
+    """Every key of [study], [data] and [trials], in the order docs/studies.md lists them."""
+    return [key for table in _SCHEMA.values() for key in table]
+
+
 # What a definition stored before a key existed meant by its absence: studies created
 # before priors ran without one, and their pruners' first rung was one epoch.
 LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"trials": {"prior": False, "min_epochs": 1}}

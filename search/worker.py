@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m search.worker SPEC`: the process a supervisor starts for one worker."""
     import warnings
 
-    from search.api import USER_ERRORS
+    from search.errors import USER_ERRORS
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     (path,) = sys.argv[1:] if argv is None else argv
