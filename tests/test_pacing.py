@@ -17,7 +17,7 @@ import pytest
 from conftest import study_toml
 from optuna.trial import TrialState
 
-from search import pacing, worker
+from search import pacing, supervisor, worker
 from search.config import from_dict
 from search.objective import Objective
 from spaces import compile_model, dense
@@ -146,7 +146,7 @@ def test_an_epoch_far_slower_than_the_studys_typical_one_is_pruned_as_too_costly
 def test_a_worker_that_ignores_sigterm_is_killed_and_its_trial_requeued(tmp_path, monkeypatch):
     from search.storage import open_storage
 
-    monkeypatch.setattr(worker, "STOP_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(supervisor, "STOP_GRACE_SECONDS", 1.0)
     storage = open_storage(f"sqlite:///{tmp_path / 'search.db'}")
     study = optuna.create_study(study_name="t", storage=storage, direction="maximize")
     # A process that ignores SIGTERM, running a trial as a hung worker would.
@@ -166,7 +166,7 @@ def test_a_worker_that_ignores_sigterm_is_killed_and_its_trial_requeued(tmp_path
 
     trial.set_user_attr("worker", f"{socket.gethostname()}:{hung.pid}")
     said = []
-    worker._stop(study, [hung], said.append)
+    supervisor._stop(study, [hung], said.append)
     # Killed, and its trial failed with the reason and queued again with its params.
     assert hung.returncode == -9
     trials = study.get_trials(deepcopy=False)
