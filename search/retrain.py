@@ -36,7 +36,6 @@ from search.export import Export, ExportError, versions
 from search.folders import FileSplit
 from search.ranking import best_first
 from search.training import (
-    batch_size_of,
     describe_device,
     fit,
     for_raw_images,
@@ -342,7 +341,7 @@ def _build(export: Export, entry: dict[str, Any], data: Dataset, schedule_epochs
     try:
         model = space.build(config, data.input_shape, data.num_classes)
         learning_rate_callbacks(config, schedule_epochs=schedule_epochs)
-        batch_size = batch_size_of(config)
+        batch_size = config["batch_size"]
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size is {batch_size!r}, but must be an integer >= 1")
     except KeyError as e:

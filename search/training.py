@@ -38,16 +38,6 @@ class Horizon:
         self.planned = planned
 
 
-# What a config without these keys trains with (a user's own space may leave them out).
-CONSTANT = {"name": "constant"}
-DEFAULT_BATCH_SIZE = 32  # Keras' own default
-
-
-def batch_size_of(config: dict[str, Any]) -> int:
-    """The config's batch size (Keras' default, 32, where it names none)."""
-    return int(config.get("batch_size", DEFAULT_BATCH_SIZE))
-
-
 def learning_rate_callbacks(
     config: dict[str, Any], *, schedule_epochs: int | Horizon
 ) -> list[keras.callbacks.Callback]:
@@ -59,7 +49,7 @@ def learning_rate_callbacks(
             also when retraining for fewer epochs, so the rate follows the trial's own path.
     """
     horizon = schedule_epochs if isinstance(schedule_epochs, Horizon) else Horizon(schedule_epochs)
-    schedule = config.get("schedule", CONSTANT)
+    schedule = config["schedule"]
     name = schedule["name"]
     if name == "constant":
         return []
@@ -219,7 +209,7 @@ def fit(
     """
     if schedule is None:
         schedule = learning_rate_callbacks(config, schedule_epochs=schedule_epochs or epochs)
-    batch_size = batch_size_of(config)
+    batch_size = config["batch_size"]
     order = {"seed": shuffle_seed, "first_epoch": initial_epoch, "epochs": epochs}
     if isinstance(data.train, FileSplit):
         train = data.train.stream(

@@ -44,6 +44,11 @@ class SpaceError(ValueError):
     """A space name that does not resolve to a usable space module."""
 
 
+# What a config of a user's `Space` trains with where its suggest leaves them out: Keras'
+# default batch size and a constant learning rate.
+TRAINING_DEFAULTS: dict[str, Any] = {"batch_size": 32, "schedule": {"name": "constant"}}
+
+
 class Space:
     """A space given in code: a user's own `suggest` and `build`, as a space module has them.
 
@@ -54,7 +59,8 @@ class Space:
 
     Args:
         suggest: `suggest(trial) -> dict`, the config of a trial; training reads its
-            `batch_size` (default 32), `learning_rate` and `schedule` (default constant).
+            `batch_size` and `schedule` (`TRAINING_DEFAULTS` where it names none) and,
+            for a schedule other than constant, its `learning_rate`.
         build: `build(config, input_shape, num_classes) -> keras.Model`, compiled
             (`compile_model` compiles with the config's optimizer and learning rate).
         baselines: named params to enqueue (`enqueue_baselines`), as a module's BASELINES.
@@ -77,7 +83,7 @@ class Space:
     ) -> None:
         if not (callable(suggest) and callable(build)):
             raise SpaceError("a Space needs two functions: suggest(trial) and build(config, ...)")
-        self.suggest = suggest
+        self.user_suggest = suggest
         self.build = build
         self.BASELINES = dict(baselines or {})
         self.OPTIONS = dict(options or {})
@@ -86,6 +92,10 @@ class Space:
         if warning is not None:
             self.warning = warning
         self.__name__ = name or f"{build.__module__}.{build.__qualname__}"
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """The user's config, with the training settings it leaves out at their defaults."""
+        return {**TRAINING_DEFAULTS, **self.user_suggest(trial)}
 
     def __repr__(self) -> str:
         return f"Space({self.__name__})"
