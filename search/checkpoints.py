@@ -40,10 +40,6 @@ MAX_RETRIES_ENV = "SEARCH_MAX_RETRIES"
 DEFAULT_LOCATION = "runs"
 DEFAULT_KEEP_BEST = 3
 DEFAULT_MAX_RETRIES = 3
-# The user attributes a trial records about its checkpoints.
-RESUMED_ATTR = "resumed_from"  # {"trial": N, "epoch": K}: continued after epoch K of trial N
-RESTART_ATTR = "restarted"  # why a retry started again from epoch 1
-KEPT_ATTR = "kept_weights"  # the key of its kept model, while it is kept
 
 
 class CheckpointError(ValueError):

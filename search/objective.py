@@ -22,10 +22,8 @@ import keras
 import optuna
 import tensorflow as tf
 
-from search.budget import DEADLINE_ATTR, PLANNED_ATTR, BudgetClaimed, check_claim
+from search.budget import BudgetClaimed, check_claim
 from search.checkpoints import (
-    RESTART_ATTR,
-    RESUMED_ATTR,
     Checkpoint,
     Store,
     delete_checkpoint,
@@ -36,11 +34,12 @@ from search.checkpoints import (
 )
 from search.config import StudyConfig
 from search.data import Dataset
-from search.failures import FAIL_REASON_ATTR, fail
+from search.failures import fail
 from search.folders import FileSplit
 from search.pacing import Interrupted, Pacer, typical_epoch_seconds
-from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
+from search.prior import SAMPLER, PriorSampler
 from search.ranking import best_value
+from search.record import FailureKind, TrialRecord, TrialWriter
 from search.slurm import array_task
 from search.training import (
     Horizon,
@@ -72,6 +71,7 @@ class PruningReporter(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         self.trial = trial
+        self.writer = TrialWriter(trial)
         self.metric = metric
         self.horizon = horizon
         self.direction = direction
@@ -95,9 +95,8 @@ class PruningReporter(keras.callbacks.Callback):
         now = time.time()
         self.epoch_end.append(round(now, 2))
         self.epoch_seconds.append(round(now - self._epoch_start, 2))
-        self.trial.set_user_attr("history", self.history)
-        self.trial.set_user_attr("epoch_end", self.epoch_end)
-        self.trial.set_user_attr("epoch_seconds", self.epoch_seconds)
+        self.writer.set_history(self.history)
+        self.writer.set_epoch_times(self.epoch_end, self.epoch_seconds)
         value = self.history[self.metric][-1]
         values = [v for v in self.history[self.metric] if math.isfinite(v)]
         best = f" (best {best_value(values, self.direction):.4f})" if values else ""
@@ -160,45 +159,51 @@ class Objective:
         self.last_trial = trial.number
         task = array_task()
         where = f"{socket.gethostname()}:{os.getpid()}" + (f" slurm {task}" if task else "")
-        trial.set_user_attr("worker", where)
-        _record_origin(trial)
+        writer = TrialWriter(trial)
+        writer.set_worker(where)
+        record = writer.record()
+        _record_origin(trial, record)
         try:
             check_claim(trial, self.config.trials.n_trials)
-            return self._train(trial)
+            return self._train(trial, record)
         except BudgetClaimed as e:
-            return fail(trial, str(e))
+            return fail(trial, FailureKind.BUDGET_CLAIMED, str(e))
         except Exception as e:
-            trial.set_user_attr(FAIL_REASON_ATTR, f"{type(e).__name__}: {e}"[:500])
+            writer.set_failure(_failure_kind(e), f"{type(e).__name__}: {e}"[:500])
             raise
 
-    def _train(self, trial: optuna.Trial) -> float:
-        retry_of = _retry_history(trial)
+    def _train(self, trial: optuna.Trial, record: TrialRecord) -> float:
+        """Train the trial; `record` is what it held when it started (a retry's inherited)."""
+        writer = TrialWriter(trial)
+        retry_of = list(record.retry_history)
         # A retry trains with the seed of the trial it repeats (which it inherited).
-        seed = trial.user_attrs.get("seed") if retry_of else None
+        seed = record.seed if retry_of else None
         seed = self.config.study.seed + trial.number if seed is None else seed
-        trial.set_user_attr("seed", seed)
-        # Float sums depend on the thread count: retraining reproduces a trial only with its
-        # own (0 = TensorFlow's default, all cores).
-        trial.set_user_attr("threads", tf.config.threading.get_intra_op_parallelism_threads())
-        # "cpu" or "gpu N" (and mixed precision): what the trial's seconds were spent on.
-        trial.set_user_attr("device", describe_device())
+        writer.set_start(
+            seed=seed,
+            # Float sums depend on the thread count: retraining reproduces a trial only with
+            # its own (0 = TensorFlow's default, all cores).
+            threads=tf.config.threading.get_intra_op_parallelism_threads(),
+            # "cpu" or "gpu N" (and mixed precision): what the trial's seconds were spent on.
+            device=describe_device(),
+        )
         keras.utils.set_random_seed(seed)
         config = self.config.space_config(self.space, self.space.suggest(trial))
         # A space may say why a config's results would mislead (e.g. a backbone without
         # its pretrained weights); the warning stays with the trial's results.
         warning = getattr(self.space, "warning", None)
         if warning is not None and (message := warning(config)):
-            trial.set_user_attr("warning", message)
+            writer.set_warning(message)
         try:
             model = self.space.build(config, self.data.input_shape, self.data.num_classes)
         except ValueError as e:
-            return fail(trial, f"the space cannot build this config: {e}")
+            return fail(trial, FailureKind.UNBUILDABLE, f"the space cannot build this config: {e}")
         n_params = model.count_params()
-        trial.set_user_attr("n_params", n_params)
+        writer.set_n_params(n_params)
         max_params = self.config.trials.max_params
         if max_params is not None and n_params > max_params:
             # Pruned, not failed: the sampler then learns that this region costs too much.
-            trial.set_user_attr("pruned_reason", f"{n_params} params > max_params {max_params}")
+            writer.set_pruned_reason(f"{n_params} params > max_params {max_params}")
             raise optuna.TrialPruned(f"{n_params} params, more than max_params ({max_params})")
         trials = self.config.trials
         horizon = Horizon(trials.max_epochs, planned=False)
@@ -247,7 +252,7 @@ class Objective:
         finally:
             _record_run(trial, reporter, time.monotonic() - start, self.config.direction)
             # What this attempt trained (a resumed trial's history has the epochs before).
-            trial.set_user_attr("epochs_trained", len(reporter.history["loss"]) - start_epoch)
+            writer.set_epochs_trained(len(reporter.history["loss"]) - start_epoch)
             # A trial that ended (completed, pruned, failed) needs its checkpoints no more;
             # a stopped one is decided below. A killed worker runs none of this.
             if not stopped:
@@ -262,21 +267,14 @@ class Objective:
                 )
             # The run's time is up: the best epoch so far is the trial's result, said so.
             checkpointer.finish(model, kept=True)
-            trial.set_user_attr(DEADLINE_ATTR, {"epochs": len(values), "planned": horizon.epochs})
+            writer.set_stopped_at_deadline(len(values), horizon.epochs)
             self.log(
                 f"trial {trial.number}: stopped at the deadline after {len(values)} of"
                 f" {horizon.epochs} epochs; its best epoch is its result"
             )
         if reporter.diverged:
-            return fail(trial, reporter.diverged)
+            return fail(trial, FailureKind.DIVERGED, reporter.diverged)
         return best_value(values, self.config.direction)
-
-
-def _retry_history(trial: optuna.Trial) -> list[int]:
-    """The trials this one repeats, oldest first (empty: not a retry)."""
-    frozen = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    attrs = next((t.system_attrs for t in frozen if t.number == trial.number), {})
-    return list(attrs.get("retry_history", []))
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -308,6 +306,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.store = store
         self.study = study
         self.trial = trial
+        self.writer = TrialWriter(trial)
         self.reporter = reporter
         self.plateau = next((c for c in schedule if isinstance(c, ResumablePlateau)), None)
         self.direction = direction
@@ -324,7 +323,7 @@ class Checkpointer(keras.callbacks.Callback):
         where the trial went on from (`resumed_from`), or why it starts from epoch 1.
         """
         if self.store is None:
-            self.trial.set_user_attr(RESTART_ATTR, "checkpoints are off")
+            self.writer.set_restarted("checkpoints are off")
             return 0
         self.superseded = list(retry_of)
         reasons = []
@@ -338,12 +337,10 @@ class Checkpointer(keras.callbacks.Callback):
             except Exception as e:  # unreadable, or not this model's: try an older one
                 reasons.append(f"trial {number}'s checkpoint is unusable ({e})"[:300])
                 continue
-            self.trial.set_user_attr(RESUMED_ATTR, {"trial": number, "epoch": checkpoint.epoch})
             # (A retry inherits its attempt's attributes: an older reason is replaced.)
-            self.trial.set_user_attr(RESTART_ATTR, "; ".join(reasons) if reasons else None)
+            self.writer.set_resumed(number, checkpoint.epoch, "; ".join(reasons) or None)
             return checkpoint.epoch
-        self.trial.set_user_attr(RESUMED_ATTR, {"trial": None, "epoch": 0})
-        self.trial.set_user_attr(RESTART_ATTR, "; ".join(reasons) + ": started from epoch 1")
+        self.writer.set_resumed(None, 0, "; ".join(reasons) + ": started from epoch 1")
         return 0
 
     def _restore(self, model: keras.Model, checkpoint: Checkpoint) -> None:
@@ -366,8 +363,8 @@ class Checkpointer(keras.callbacks.Callback):
             self.plateau.restore(state["plateau"])
         self.best_weights = checkpoint.best_weights or None
         self.best_epoch = state["best_epoch"]
-        if state.get(PLANNED_ATTR) is not None:
-            self.horizon.epochs, self.horizon.planned = state[PLANNED_ATTR], True
+        if state.get("planned_epochs") is not None:
+            self.horizon.epochs, self.horizon.planned = state["planned_epochs"], True
         self.reporter.history = {k: list(v) for k, v in state["history"].items()}
         self.reporter.epoch_end = list(state["epoch_end"])
         self.reporter.epoch_seconds = list(state["epoch_seconds"])
@@ -397,7 +394,7 @@ class Checkpointer(keras.callbacks.Callback):
                     "epoch_end": self.reporter.epoch_end,
                     "epoch_seconds": self.reporter.epoch_seconds,
                     "best_epoch": self.best_epoch,
-                    PLANNED_ATTR: self.horizon.epochs if self.horizon.planned else None,
+                    "planned_epochs": self.horizon.epochs if self.horizon.planned else None,
                     "plateau": None if self.plateau is None else self.plateau.state(),
                 },
             ),
@@ -417,18 +414,27 @@ class Checkpointer(keras.callbacks.Callback):
                 path = Path(tmp) / "model.keras"
                 save_model(model, path)
                 self.store.put(kept_key(self.study, self.trial.number), path)
-            self.trial.set_user_attr("kept_epoch", self.best_epoch)
+            self.writer.set_kept_epoch(self.best_epoch)
         for number in [*self.superseded, self.trial.number]:
             delete_checkpoint(self.store, self.study, number)
 
 
-def _record_origin(trial: optuna.Trial) -> None:
+def _record_origin(trial: optuna.Trial, record: TrialRecord) -> None:
     """Where the trial's params came from, unless it was queued with its origin."""
-    if ORIGIN_ATTR in trial.user_attrs:
+    if record.origin is not None:
         return  # the prior's centre, a baseline, an export, or a retry that inherited it
     sampler = trial.study.sampler
     origin = sampler.origin(trial.number) if isinstance(sampler, PriorSampler) else SAMPLER
-    trial.set_user_attr(ORIGIN_ATTR, origin)
+    TrialWriter(trial).set_origin(origin)
+
+
+def _failure_kind(e: Exception) -> FailureKind:
+    """The kind of an exception that ended a trial."""
+    if isinstance(e, Interrupted):
+        return FailureKind.INTERRUPTED
+    if isinstance(e, optuna.TrialPruned):
+        return FailureKind.PRUNED
+    return FailureKind.ERROR
 
 
 def best_epoch(values: list[float], direction: str) -> int:
@@ -438,14 +444,14 @@ def best_epoch(values: list[float], direction: str) -> int:
 
 def _record_run(trial: optuna.Trial, reporter: PruningReporter, seconds: float, direction: str):
     values = [v for v in reporter.history[reporter.metric] if math.isfinite(v)]
-    trial.set_user_attr("history", reporter.history)
-    trial.set_user_attr("epochs", len(reporter.history["loss"]))
-    trial.set_user_attr("seconds", round(seconds, 2))
-    # The worker's memory after the trial: creep across trials shows here (and on the
-    # dashboard), which is what --max-trials-per-process bounds.
-    trial.set_user_attr("worker_rss_mb", round(resident_mb(), 1))
-    if values:
-        trial.set_user_attr("best_epoch", best_epoch(values, direction))
+    TrialWriter(trial).set_run(
+        reporter.history,
+        seconds=round(seconds, 2),
+        # The worker's memory after the trial: creep across trials shows here (and on the
+        # dashboard), which is what --max-trials-per-process bounds.
+        worker_rss_mb=round(resident_mb(), 1),
+        best_epoch=best_epoch(values, direction) if values else None,
+    )
 
 
 def resident_mb() -> float:

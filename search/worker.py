@@ -24,9 +24,9 @@ from search.budget import progress
 from search.checkpoints import keep_best, open_store, prune_kept
 from search.config import StudyConfig
 from search.data import Dataset
-from search.export import CLASS_NAMES_ATTR
 from search.failures import check_failures, deadline_summary, fail_running, reap, requeue
 from search.progress import Display, show
+from search.record import StudyRecord, write_class_names
 from search.storage import TRANSIENT_ERRORS, describe_error
 from search.study import load_definition, make_pruner, make_sampler
 
@@ -163,9 +163,9 @@ def run_worker(
             f" ({len(data.train)} train, {len(data.val)} validation images);"
             f" training on {describe_device()}"
         )
-        if CLASS_NAMES_ATTR not in study.user_attrs:
+        if StudyRecord.of(study).class_names is None:
             # What the models' outputs mean, for exports (and their kept models) to carry.
-            study.set_user_attr(CLASS_NAMES_ATTR, list(data.class_names))
+            write_class_names(study, list(data.class_names))
         store = open_store()
         keep = keep_best()
         objective = Objective(
