@@ -11,7 +11,6 @@ import math
 import os
 import resource
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,15 +22,7 @@ import optuna
 import tensorflow as tf
 
 from search.budget import BudgetClaimed, check_claim
-from search.checkpoints import (
-    Checkpoint,
-    Store,
-    delete_checkpoint,
-    keep_best,
-    kept_key,
-    load_checkpoint,
-    save_checkpoint,
-)
+from search.checkpoints import Checkpointer, Store
 from search.config import StudyConfig
 from search.data import Dataset
 from search.failures import fail
@@ -41,15 +32,7 @@ from search.prior import SAMPLER, PriorSampler
 from search.ranking import best_value
 from search.record import FailureKind, TrialRecord, TrialWriter
 from search.slurm import array_task
-from search.training import (
-    Horizon,
-    ResumablePlateau,
-    describe_device,
-    fit,
-    for_raw_images,
-    learning_rate_callbacks,
-    save_model,
-)
+from search.training import Horizon, describe_device, fit, learning_rate_callbacks
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -243,7 +226,7 @@ class Objective:
                 schedule=schedule,
                 initial_epoch=start_epoch,
                 # The pacer first: an epoch's plan is made before the reporter judges it.
-                callbacks=[pacer, reporter, checkpointer],
+                callbacks=[pacer, reporter, checkpointer.callback(model)],
                 shuffle_seed=seed,
             )
             ended = True
@@ -275,148 +258,6 @@ class Objective:
         if reporter.diverged:
             return fail(trial, FailureKind.DIVERGED, reporter.diverged)
         return best_value(values, self.config.direction)
-
-
-class Checkpointer(keras.callbacks.Callback):
-    """After every epoch, save what the trial needs to go on; resume from what was saved.
-
-    Runs after the PruningReporter, so a checkpoint holds the epoch's history, and a trial
-    pruned at an epoch saves nothing more.
-    """
-
-    def __init__(
-        self,
-        store: Store | None,
-        study: str,
-        trial: optuna.Trial,
-        reporter: PruningReporter,
-        schedule: list[keras.callbacks.Callback],
-        direction: str,
-        horizon: Horizon,
-        raw_images: tuple[int, int, int] | None = None,
-    ) -> None:
-        """
-        Args:
-            horizon: the trial's planned epochs, saved and restored with its state.
-            raw_images: the input shape of a model trained on image folders, whose kept
-                model takes images of any size (`for_raw_images`).
-        """
-        super().__init__()
-        self.raw_images = raw_images
-        self.store = store
-        self.study = study
-        self.trial = trial
-        self.writer = TrialWriter(trial)
-        self.reporter = reporter
-        self.plateau = next((c for c in schedule if isinstance(c, ResumablePlateau)), None)
-        self.direction = direction
-        self.horizon = horizon
-        self.best_weights: list[Any] | None = None
-        self.best_epoch = 0
-        # Older attempts' checkpoints, removed once this trial has saved its own.
-        self.superseded: list[int] = []
-
-    def resume(self, model: keras.Model, retry_of: list[int]) -> int:
-        """Load the newest checkpoint of the attempts before; return its epoch (0: none).
-
-        Reports its epochs' values again, so the pruner judges the whole curve, and records
-        where the trial went on from (`resumed_from`), or why it starts from epoch 1.
-        """
-        if self.store is None:
-            self.writer.set_restarted("checkpoints are off")
-            return 0
-        self.superseded = list(retry_of)
-        reasons = []
-        for number in reversed(retry_of):
-            try:
-                checkpoint = load_checkpoint(self.store, self.study, number)
-                if checkpoint is None:
-                    reasons.append(f"trial {number} left no checkpoint")
-                    continue
-                self._restore(model, checkpoint)
-            except Exception as e:  # unreadable, or not this model's: try an older one
-                reasons.append(f"trial {number}'s checkpoint is unusable ({e})"[:300])
-                continue
-            # (A retry inherits its attempt's attributes: an older reason is replaced.)
-            self.writer.set_resumed(number, checkpoint.epoch, "; ".join(reasons) or None)
-            return checkpoint.epoch
-        self.writer.set_resumed(None, 0, "; ".join(reasons) + ": started from epoch 1")
-        return 0
-
-    def _restore(self, model: keras.Model, checkpoint: Checkpoint) -> None:
-        if checkpoint.params != self.trial.params:
-            raise ValueError("its params differ from this trial's")
-        # All of the model's state: weights, batch norm's statistics, dropout's RNG states.
-        if len(model.variables) != len(checkpoint.weights):
-            raise ValueError("its weights do not fit this model")
-        for variable, value in zip(model.variables, checkpoint.weights, strict=True):
-            variable.assign(value)
-        optimizer = model.optimizer
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        if len(optimizer.variables) != len(checkpoint.optimizer):
-            raise ValueError("its optimizer state does not fit this model's optimizer")
-        for variable, value in zip(optimizer.variables, checkpoint.optimizer, strict=True):
-            variable.assign(value)
-        state = checkpoint.state
-        if self.plateau is not None and state.get("plateau") is not None:
-            self.plateau.restore(state["plateau"])
-        self.best_weights = checkpoint.best_weights or None
-        self.best_epoch = state["best_epoch"]
-        if state.get("planned_epochs") is not None:
-            self.horizon.epochs, self.horizon.planned = state["planned_epochs"], True
-        self.reporter.history = {k: list(v) for k, v in state["history"].items()}
-        self.reporter.epoch_end = list(state["epoch_end"])
-        self.reporter.epoch_seconds = list(state["epoch_seconds"])
-        # The earlier epochs, reported again to this trial: its curve has every epoch once.
-        for epoch, value in enumerate(self.reporter.history[self.reporter.metric], start=1):
-            self.trial.report(value, step=epoch)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.store is None or self.reporter.diverged:
-            return
-        values = self.reporter.history[self.reporter.metric]
-        if values.index(best_value(values, self.direction)) == len(values) - 1:
-            self.best_weights = self.model.get_weights()
-            self.best_epoch = len(values)
-        save_checkpoint(
-            self.store,
-            self.study,
-            Checkpoint(
-                trial=self.trial.number,
-                epoch=epoch + 1,
-                params=self.trial.params,
-                weights=[v.numpy() for v in self.model.variables],
-                optimizer=[v.numpy() for v in self.model.optimizer.variables],
-                best_weights=self.best_weights or [],
-                state={
-                    "history": self.reporter.history,
-                    "epoch_end": self.reporter.epoch_end,
-                    "epoch_seconds": self.reporter.epoch_seconds,
-                    "best_epoch": self.best_epoch,
-                    "planned_epochs": self.horizon.epochs if self.horizon.planned else None,
-                    "plateau": None if self.plateau is None else self.plateau.state(),
-                },
-            ),
-        )
-        while self.superseded:
-            delete_checkpoint(self.store, self.study, self.superseded.pop())
-
-    def finish(self, model: keras.Model, *, kept: bool) -> None:
-        """The trial ended: keep its best epoch's model if it completed, drop checkpoints."""
-        if self.store is None:
-            return
-        if kept and self.best_weights is not None and keep_best() > 0:
-            model.set_weights(self.best_weights)
-            if self.raw_images is not None:
-                model = for_raw_images(model, self.raw_images)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "model.keras"
-                save_model(model, path)
-                self.store.put(kept_key(self.study, self.trial.number), path)
-            self.writer.set_kept_epoch(self.best_epoch)
-        for number in [*self.superseded, self.trial.number]:
-            delete_checkpoint(self.store, self.study, number)
 
 
 def _record_origin(trial: optuna.Trial, record: TrialRecord) -> None:
