@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from benchmarks.harness import (
     write_json_atomic,
     write_study,
 )
+from search.record import TrialRecord
 
 RESULTS = REPO / "benchmarks" / "results"
 RECORD = RESULTS / "checkpoints.json"
@@ -87,8 +89,8 @@ def measure_throughput(workdir: Path, name: str, *, epochs: int, threads: int, o
     (trial,) = _trials(workdir, name)
     return {
         "checkpoints": on,
-        "seconds": trial.user_attrs["seconds"],
-        "epoch_seconds": trial.user_attrs["epoch_seconds"],
+        "seconds": TrialRecord.of(trial).seconds,
+        "epoch_seconds": TrialRecord.of(trial).epoch_seconds,
         "wall_seconds": round(time.monotonic() - start, 1),
         "load_at_start": load_average()[0],
     }
@@ -127,14 +129,15 @@ def measure_kill(workdir: Path, *, kill_epoch: int, threads: int) -> dict:
     subprocess.run([*SEARCH, "worker", str(study), "--threads", str(threads)], env=env, check=True)
     trials = _trials(workdir, name)
     killed, retry = trials[0], trials[-1]
-    finished = len(killed.user_attrs["history"]["loss"])
+    finished = TrialRecord.of(killed).epochs_done
+    retried = TrialRecord.of(retry)
     return {
         "epochs": epochs,
         "killed_after_epochs": finished,
-        "resumed_from": retry.user_attrs.get("resumed_from"),
-        "retry_epochs_trained": retry.user_attrs["epochs_trained"],
+        "resumed_from": None if retried.resumed_from is None else asdict(retried.resumed_from),
+        "retry_epochs_trained": retried.epochs_trained,
         # The epoch the kill interrupted counts as trained (its work was lost).
-        "epochs_trained_in_all": finished + 1 + retry.user_attrs["epochs_trained"],
+        "epochs_trained_in_all": finished + 1 + retried.epochs_trained,
         "retry_state": retry.state.name,
         "retry_value": retry.value,
         "seconds_from_kill_to_end": round(time.monotonic() - killed_at, 1),

@@ -36,6 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from benchmarks.harness import ForeignCpu, git_commit, load_average, write_json_atomic
+from search.record import TrialRecord, queued_attrs
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -135,8 +136,9 @@ def make_run(workdir: Path, condition: str) -> dict[str, Any]:
     record |= _counts(trials)
     centre = trials[0] if trials else None
     if centre is not None:
-        record["centre_epoch_seconds"] = centre.user_attrs.get("epoch_seconds")
-        record["centre_planned_epochs"] = centre.user_attrs.get("planned_epochs")
+        centre_record = TrialRecord.of(centre)
+        record["centre_epoch_seconds"] = centre_record.epoch_seconds or None
+        record["centre_planned_epochs"] = centre_record.planned_epochs
     reports = sorted((workdir / "runs" / "quick").glob("trial-*/report.json"))
     if reports:
         report = json.loads(reports[0].read_text())
@@ -202,7 +204,7 @@ def two_minutes(workdir: Path, name: str) -> dict[str, Any]:
     if name == "costly_second":
         study = optuna.load_study(study_name=name, storage=storage)
         centre = study.get_trials(deepcopy=False)[0].params
-        study.enqueue_trial({**centre, **COSTLY_PARAMS}, user_attrs={"origin": "costly"})
+        study.enqueue_trial({**centre, **COSTLY_PARAMS}, user_attrs=queued_attrs("costly"))
     log = workdir / "run.log"
     start = time.time()
     with log.open("wb") as out:
@@ -228,23 +230,7 @@ def two_minutes(workdir: Path, name: str) -> dict[str, Any]:
         "seconds": round(ended - start, 1),
         "seconds_after_deadline": None if deadline is None else round(ended - deadline, 1),
         **_counts(trials),
-        "trials": [
-            {
-                "number": t.number,
-                "state": t.state.name,
-                "value": t.value,
-                "origin": t.user_attrs.get("origin"),
-                "n_params": t.user_attrs.get("n_params"),
-                "epochs": len(t.user_attrs.get("history", {}).get("loss", [])),
-                "planned_epochs": t.user_attrs.get("planned_epochs"),
-                "epoch_seconds": t.user_attrs.get("epoch_seconds"),
-                "seconds": t.user_attrs.get("seconds"),
-                "note": t.user_attrs.get("pruned_reason")
-                or t.user_attrs.get("fail_reason")
-                or t.user_attrs.get("stopped_at_deadline"),
-            }
-            for t in trials
-        ],
+        "trials": [_trial_row(t) for t in trials],
         "export_exit_code": exported.returncode,
         "export_output": (exported.stdout.strip() or exported.stderr.strip()).splitlines()[-1:],
         "log_tail": log.read_text(errors="replace").splitlines()[-10:],
@@ -262,6 +248,25 @@ def _deadline(log: Path) -> float | None:
             )
             return started + 120
     return None
+
+
+def _trial_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    record = TrialRecord.of(t)
+    stopped = record.stopped_at_deadline
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        "origin": record.origin,
+        "n_params": record.n_params,
+        "epochs": record.epochs_done,
+        "planned_epochs": record.planned_epochs,
+        "epoch_seconds": record.epoch_seconds or None,
+        "seconds": record.seconds,
+        "note": record.pruned_reason
+        or record.fail_reason
+        or (None if stopped is None else {"epochs": stopped.epochs, "planned": stopped.planned}),
+    }
 
 
 def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:

@@ -62,6 +62,7 @@ from benchmarks.harness import (
 )
 from search.config import StudyConfig, from_dict, with_legacy_defaults
 from search.prior import resolve_prior
+from search.record import TrialRecord
 from spaces import load_space
 
 
@@ -207,8 +208,9 @@ def epoch_points(
     points = []
     for trial in started:
         begun = trial.datetime_start.timestamp()
-        values = trial.user_attrs.get("history", {}).get(metric, [])
-        ends = trial.user_attrs.get("epoch_end", [])
+        record = TrialRecord.of(trial)
+        values = record.history.get(metric, [])
+        ends = record.epoch_end
         # Not strict: a reader may see an epoch's history a moment before its end time.
         for end, value in zip(ends, values, strict=False):
             # A retried trial starts with copies of the epochs of the trial it retries;

@@ -39,6 +39,7 @@ from benchmarks.harness import (
     write_study,
 )
 from search.data import FASHION_MNIST_CLASSES, load_dataset, load_test
+from search.record import TrialRecord
 
 RESULTS = REPO / "benchmarks" / "results"
 RECORD = RESULTS / "folders.json"
@@ -128,8 +129,8 @@ def run_worker(
     return {
         "dataset": dataset,
         "state": trial.state.name,
-        "epoch_seconds": trial.user_attrs["epoch_seconds"],
-        "val_accuracy": trial.user_attrs["history"]["val_accuracy"],
+        "epoch_seconds": TrialRecord.of(trial).epoch_seconds,
+        "val_accuracy": TrialRecord.of(trial).history["val_accuracy"],
         # Linux reports maxrss in KiB.
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "wall_seconds": round(wall, 1),

@@ -21,6 +21,8 @@ from typing import Any
 
 import optuna
 
+from search.record import TrialRecord
+
 REPO = Path(__file__).resolve().parent.parent
 # The distributions whose versions a result depends on (tensorflow or tensorflow-cpu).
 PACKAGES = (
@@ -137,12 +139,12 @@ def study_trials(study_name: str, storage: str) -> list[optuna.trial.FrozenTrial
 def completed_epochs(trial: optuna.trial.FrozenTrial) -> int:
     """Epochs a trial trained in full (a stopped trial stops between batches and records
     no part of the epoch it was in)."""
-    return len(trial.user_attrs.get("history", {}).get("loss", []))
+    return TrialRecord.of(trial).epochs_done
 
 
 def best_epoch_value(trial: optuna.trial.FrozenTrial, metric: str = "val_accuracy") -> float:
     """The best value of a metric over a trial's epochs (NaN if it has none)."""
-    values = [v for v in trial.user_attrs.get("history", {}).get(metric, []) if math.isfinite(v)]
+    values = [v for v in TrialRecord.of(trial).history.get(metric, []) if math.isfinite(v)]
     return max(values, default=math.nan)
 
 

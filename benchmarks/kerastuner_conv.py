@@ -23,8 +23,8 @@ import keras_tuner as kt
 
 from search.config import load_config
 from search.data import Dataset, load_study_data
-from search.training import learning_rate_callbacks
 from search.device import configure_threads
+from search.training import learning_rate_callbacks
 from spaces import load_space
 
 # Hyperband's halving rate, as the Optuna contestant's HyperbandPruner(reduction_factor=3).

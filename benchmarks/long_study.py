@@ -41,11 +41,11 @@ def run_study(workdir: Path) -> None:
 
 
 def reevaluate_best_and_centre(workdir: Path) -> dict[str, Any]:
+    from search.device import configure_threads
     from search.export import Export, export_best
     from search.retrain import reevaluate
     from search.storage import open_storage
     from search.study import load_definition
-    from search.device import configure_threads
 
     configure_threads(1)
     storage = open_storage(f"sqlite:///{workdir / 'search.db'}")
@@ -79,6 +79,8 @@ def timeline(storage: Any) -> list[dict[str, Any]]:
     """Every trial: state, origin, value, size, and its start and end in minutes."""
     import optuna
 
+    from search.record import TrialRecord
+
     trials = optuna.load_study(study_name="conv", storage=storage).get_trials(deepcopy=False)
     t0 = min(t.datetime_start for t in trials if t.datetime_start)
     minutes = lambda d: None if d is None else round((d - t0).total_seconds() / 60, 2)  # noqa: E731
@@ -86,10 +88,10 @@ def timeline(storage: Any) -> list[dict[str, Any]]:
         {
             "number": t.number,
             "state": t.state.name,
-            "origin": t.user_attrs.get("origin"),
+            "origin": TrialRecord.of(t).origin,
             "value": t.value,
             "epochs": len(t.intermediate_values),
-            "n_params": t.user_attrs.get("n_params"),
+            "n_params": TrialRecord.of(t).n_params,
             "start_min": minutes(t.datetime_start),
             "end_min": minutes(t.datetime_complete),
         }

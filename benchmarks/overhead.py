@@ -29,6 +29,7 @@ from benchmarks.harness import (
     worker_load_seconds,
     write_study,
 )
+from search.record import TrialRecord
 
 N_TRIALS = 3
 # Enough epochs that a trial's fixed costs and its per-epoch costs both show.
@@ -63,7 +64,7 @@ def run_overhead(
     after = _run_bare(study_file, threads=threads, repeats=N_TRIALS)
     n_train = before["n_train"]
     bare = before["fit_seconds"] + after["fit_seconds"]
-    fit = [t.user_attrs["seconds"] for t in trials]
+    fit = [TrialRecord.of(t).seconds for t in trials]
     whole = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     between = [
         (b.datetime_start - a.datetime_complete).total_seconds()

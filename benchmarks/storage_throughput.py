@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 
+from search.record import TrialWriter
 from search.storage import open_storage
 from tests.pgserver import PostgresServer
 
@@ -95,7 +96,7 @@ def _objective(trial: optuna.Trial) -> float:
     """A trial's storage traffic without its training: a param, an epoch's report, history."""
     x = trial.suggest_float("x", 0.0, 1.0)
     trial.report(x, step=1)
-    trial.set_user_attr("history", {"val_accuracy": [x]})
+    TrialWriter(trial).set_history({"val_accuracy": [x]})
     return x
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import optuna
 
+from search.record import TrialRecord
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -64,11 +66,8 @@ def measure(n_trials: int, recycle_every: int | None, workdir: Path) -> list[flo
         cmd += ["--max-trials-per-process", str(recycle_every)]
     subprocess.run(cmd, cwd=workdir, check=True)
     study = optuna.load_study(study_name=name, storage=storage)
-    return [
-        t.user_attrs["worker_rss_mb"]
-        for t in study.get_trials()
-        if "worker_rss_mb" in t.user_attrs
-    ]
+    records = [TrialRecord.of(t) for t in study.get_trials()]
+    return [r.worker_rss_mb for r in records if r.worker_rss_mb is not None]
 
 
 def main() -> None:

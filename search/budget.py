@@ -15,16 +15,10 @@ import optuna
 from optuna.trial import TrialState
 
 from search.ranking import best_trial
+from search.record import TrialRecord
 
 # Keys that may change between runs of one study; anything else makes it another study.
 BUDGET_KEYS = ("n_trials", "timeout_minutes", "trial_minutes", "max_epoch_ratio")
-# What a trial records of its time (`search.pacing`, `search.objective`): the epochs it
-# planned after its first, why fewer than max_epochs, and, if the run's deadline stopped it
-# after an epoch, how far it got ({"epochs": k, "planned": n}: it ends COMPLETE with its
-# best epoch).
-PLANNED_ATTR = "planned_epochs"
-PLAN_NOTE_ATTR = "plan_note"
-DEADLINE_ATTR = "stopped_at_deadline"
 # Seconds a dead worker's failed trial keeps its place in the budget while its retry is
 # being queued (Optuna fails the trial first, then queues the retry).
 RETRY_PENDING_SECONDS = 60
@@ -64,7 +58,7 @@ class Progress:
         )
         if self.best is not None:
             text += f" | best {metric} {self.best.value:.4f} (trial {self.best.number}"
-            baseline = self.best.user_attrs.get("baseline")
+            baseline = TrialRecord.of(self.best).baseline
             text += f", {baseline})" if baseline else ")"
         return text
 
@@ -76,14 +70,16 @@ def claimed_numbers(trials: list[optuna.trial.FrozenTrial]) -> list[int]:
     worker died, until its retry is queued: else a worker could start a new trial in that
     moment and leave the retry no place.
     """
-    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    records = {t.number: TrialRecord.of(t) for t in trials}
+    retried = {r.retry_of for r in records.values() if r.retry_of is not None}
     now = datetime.datetime.now()
     claimed = []
     for t in trials:
+        record = records[t.number]
         pending_retry = (
             t.state == TrialState.FAIL
-            and "fail_reason" not in t.user_attrs
-            and "failed_trial" not in t.system_attrs
+            and record.fail_reason is None
+            and record.retry_of is None
             and t.number not in retried
             and t.datetime_complete is not None
             and (now - t.datetime_complete).total_seconds() < RETRY_PENDING_SECONDS

@@ -1,11 +1,11 @@
 """Checkpoints of running trials, and the weights kept of a study's best trials.
 
-After every epoch a running trial writes one checkpoint file: its weights, its optimizer's
-state (the learning rate among it), the epoch, its history, the reduce-on-plateau schedule's
-counters and its best epoch's weights. A retry of the trial (same params, after its worker
-died or was stopped) continues from the newest checkpoint of the attempts before it
-(`search.objective`). A checkpoint is a NumPy `.npz` of plain arrays and one JSON string:
-read back without pickles, by this code only.
+After every epoch a running trial writes one checkpoint file (`Checkpointer`, a callback
+of its fit): its weights, its optimizer's state (the learning rate among it), the epoch, its
+history, the reduce-on-plateau schedule's counters and its best epoch's weights. A retry of
+the trial (same params, after its worker died or was stopped) continues from the newest
+checkpoint of the attempts before it. A checkpoint is a NumPy `.npz` of plain arrays and
+one JSON string: read back without pickles, by this code only.
 
 Writes are atomic: a file is written beside its final name and renamed over it (an S3
 object appears whole when its upload ends), so a worker killed while saving leaves the
@@ -27,17 +27,19 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 
-from search.ranking import ranked_trials
+from search.ranking import best_value, ranked_trials
+from search.record import TrialWriter
 
-# The user attributes a trial records about its checkpoints.
-RESUMED_ATTR = "resumed_from"  # {"trial": N, "epoch": K}: continued after epoch K of trial N
-RESTART_ATTR = "restarted"  # why a retry started again from epoch 1
-KEPT_ATTR = "kept_weights"  # the key of its kept model, while it is kept
+if TYPE_CHECKING:
+    import keras
+
+    from search.objective import PruningReporter
+    from search.training import Horizon
 
 
 class CheckpointError(ValueError):
@@ -216,7 +218,7 @@ class Checkpoint:
     weights: list[np.ndarray]  # every variable of the model (its RNG states too)
     optimizer: list[np.ndarray]
     best_weights: list[np.ndarray]  # the best epoch's `get_weights()`
-    # history, epoch_end, epoch_seconds, best_epoch, plateau: see `search.objective`.
+    # history, epoch_end, epoch_seconds, best_epoch, planned_epochs, plateau: `Checkpointer`.
     state: dict[str, Any]
 
 
@@ -268,6 +270,165 @@ def load_checkpoint(store: Store, study: str, number: int) -> Checkpoint | None:
 
 def delete_checkpoint(store: Store, study: str, number: int) -> None:
     store.delete(checkpoint_key(study, number))
+
+
+# --- a training trial's checkpoints ----------------------------------------------------
+
+
+class Checkpointer:
+    """After every epoch, save what the trial needs to go on; resume from what was saved.
+
+    Its `callback` goes after the trial's PruningReporter in fit's callbacks, so a
+    checkpoint holds the epoch's history, and a trial pruned at an epoch saves nothing more.
+    Keras is imported where it is used: a process that only reads stores (the CLI) does
+    without it.
+    """
+
+    def __init__(
+        self,
+        store: Store | None,
+        study: str,
+        trial: optuna.Trial,
+        reporter: PruningReporter,
+        schedule: list[keras.callbacks.Callback],
+        direction: str,
+        horizon: Horizon,
+        raw_images: tuple[int, int, int] | None = None,
+    ) -> None:
+        """
+        Args:
+            horizon: the trial's planned epochs, saved and restored with its state.
+            raw_images: the input shape of a model trained on image folders, whose kept
+                model takes images of any size (`for_raw_images`).
+        """
+        from search.training import ResumablePlateau
+
+        self.raw_images = raw_images
+        self.store = store
+        self.study = study
+        self.trial = trial
+        self.writer = TrialWriter(trial)
+        self.reporter = reporter
+        self.plateau = next((c for c in schedule if isinstance(c, ResumablePlateau)), None)
+        self.direction = direction
+        self.horizon = horizon
+        self.best_weights: list[Any] | None = None
+        self.best_epoch = 0
+        # Older attempts' checkpoints, removed once this trial has saved its own.
+        self.superseded: list[int] = []
+
+    def callback(self, model: keras.Model) -> keras.callbacks.Callback:
+        """The Keras callback that saves `model`'s checkpoint after every epoch."""
+        import keras
+
+        return keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: self.after_epoch(model, epoch + 1)
+        )
+
+    def resume(self, model: keras.Model, retry_of: list[int]) -> int:
+        """Load the newest checkpoint of the attempts before; return its epoch (0: none).
+
+        Reports its epochs' values again, so the pruner judges the whole curve, and records
+        where the trial went on from (`resumed_from`), or why it starts from epoch 1.
+        """
+        if self.store is None:
+            self.writer.set_restarted("checkpoints are off")
+            return 0
+        self.superseded = list(retry_of)
+        reasons = []
+        for number in reversed(retry_of):
+            try:
+                checkpoint = load_checkpoint(self.store, self.study, number)
+                if checkpoint is None:
+                    reasons.append(f"trial {number} left no checkpoint")
+                    continue
+                self._restore(model, checkpoint)
+            except Exception as e:  # unreadable, or not this model's: try an older one
+                reasons.append(f"trial {number}'s checkpoint is unusable ({e})"[:300])
+                continue
+            # (A retry inherits its attempt's attributes: an older reason is replaced.)
+            self.writer.set_resumed(number, checkpoint.epoch, "; ".join(reasons) or None)
+            return checkpoint.epoch
+        self.writer.set_resumed(None, 0, "; ".join(reasons) + ": started from epoch 1")
+        return 0
+
+    def _restore(self, model: keras.Model, checkpoint: Checkpoint) -> None:
+        if checkpoint.params != self.trial.params:
+            raise ValueError("its params differ from this trial's")
+        # All of the model's state: weights, batch norm's statistics, dropout's RNG states.
+        if len(model.variables) != len(checkpoint.weights):
+            raise ValueError("its weights do not fit this model")
+        for variable, value in zip(model.variables, checkpoint.weights, strict=True):
+            variable.assign(value)
+        optimizer = model.optimizer
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        if len(optimizer.variables) != len(checkpoint.optimizer):
+            raise ValueError("its optimizer state does not fit this model's optimizer")
+        for variable, value in zip(optimizer.variables, checkpoint.optimizer, strict=True):
+            variable.assign(value)
+        state = checkpoint.state
+        if self.plateau is not None and state.get("plateau") is not None:
+            self.plateau.restore(state["plateau"])
+        self.best_weights = checkpoint.best_weights or None
+        self.best_epoch = state["best_epoch"]
+        if state.get("planned_epochs") is not None:
+            self.horizon.epochs, self.horizon.planned = state["planned_epochs"], True
+        self.reporter.history = {k: list(v) for k, v in state["history"].items()}
+        self.reporter.epoch_end = list(state["epoch_end"])
+        self.reporter.epoch_seconds = list(state["epoch_seconds"])
+        # The earlier epochs, reported again to this trial: its curve has every epoch once.
+        for epoch, value in enumerate(self.reporter.history[self.reporter.metric], start=1):
+            self.trial.report(value, step=epoch)
+
+    def after_epoch(self, model: keras.Model, epoch: int) -> None:
+        """Save the checkpoint of the `epoch`-th epoch (1-based), just trained."""
+        if self.store is None or self.reporter.diverged:
+            return
+        values = self.reporter.history[self.reporter.metric]
+        if values.index(best_value(values, self.direction)) == len(values) - 1:
+            self.best_weights = model.get_weights()
+            self.best_epoch = len(values)
+        save_checkpoint(
+            self.store,
+            self.study,
+            Checkpoint(
+                trial=self.trial.number,
+                epoch=epoch,
+                params=self.trial.params,
+                weights=[v.numpy() for v in model.variables],
+                optimizer=[v.numpy() for v in model.optimizer.variables],
+                best_weights=self.best_weights or [],
+                state={
+                    "history": self.reporter.history,
+                    "epoch_end": self.reporter.epoch_end,
+                    "epoch_seconds": self.reporter.epoch_seconds,
+                    "best_epoch": self.best_epoch,
+                    "planned_epochs": self.horizon.epochs if self.horizon.planned else None,
+                    "plateau": None if self.plateau is None else self.plateau.state(),
+                },
+            ),
+        )
+        while self.superseded:
+            delete_checkpoint(self.store, self.study, self.superseded.pop())
+
+    def finish(self, model: keras.Model, *, kept: bool) -> None:
+        """The trial ended: keep its best epoch's model if it completed, drop checkpoints."""
+        from search.training import for_raw_images, save_model
+
+        if self.store is None:
+            return
+        if kept and self.best_weights is not None:
+            model.set_weights(self.best_weights)
+            if self.raw_images is not None:
+                model = for_raw_images(model, self.raw_images)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.keras"
+                save_model(model, path)
+                self.store.put(kept_key(self.study, self.trial.number), path)
+            self.writer.set_kept_epoch(self.best_epoch)
+        for number in [*self.superseded, self.trial.number]:
+            delete_checkpoint(self.store, self.study, number)
 
 
 # --- the kept models -------------------------------------------------------------------

@@ -4,18 +4,20 @@ Fashion-MNIST and .npz images are held in memory as arrays (`Split`), compact (u
 they came as uint8) and on a 0..255 scale; models scale them with their own Rescaling layer.
 Image folders (`dir:PATH`, `search.folders`) are file lists (`FileSplit`) decoded as they
 are read. The search reads only the training images: the test set is loaded by
-`load_test` / `load_study_test`, which only the final evaluation calls.
+`load_test` / `load_study_test`, which only the final evaluation calls. What a dataset is
+and how it is split, which image folders share, lives in `search.splits`.
 """
 
 from __future__ import annotations
 
 import gzip
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from search.splits import DataError, Dataset, Split, stratified_split, take_subsets
 
 if TYPE_CHECKING:
     from search.config import DataSection
@@ -42,47 +44,6 @@ KERAS_DATA_DIR = Path("~/.keras/datasets/fashion-mnist").expanduser()
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-class DataError(ValueError):
-    """A dataset that cannot be found or breaks a rule; the message names it and the rule."""
-
-
-@dataclass(frozen=True)
-class Split:
-    """Images (N, H, W, C) on a 0..255 scale and integer labels (N,)."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])  # type: ignore[return-value]
-
-    def example(self, label: int) -> np.ndarray:
-        """The first image of a class (H, W, C), on a 0..255 scale."""
-        return self.x[np.flatnonzero(self.y == label)[0]]
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """The training and validation splits a search sees, and what the models need to know."""
-
-    name: str
-    train: Split | FileSplit
-    val: Split | FileSplit
-    class_names: tuple[str, ...]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return self.train.image_shape
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
 def load_dataset(
     dataset: str,
     *,
@@ -105,8 +66,8 @@ def load_dataset(
         train_subset: keep only this many training images (stratified), for fast studies.
         validation_subset: keep only this many validation images (stratified).
         data_dir: directory with the Fashion-MNIST IDX files, and the root of a relative
-            dir:PATH; default: `SEARCH_DATA_DIR`, then (Fashion-MNIST) the Debian package's
-            directory, then Keras' cache, then a download.
+            dir:PATH (`Settings.data_dir`); for Fashion-MNIST, default: the Debian
+            package's directory, then Keras' cache, then a download.
         image_size, color_mode: dir:PATH only; what every image becomes.
         cache: dir:PATH only; where decoded images are kept between epochs.
         check: dir:PATH only; decode every image once now (train, validation and test), so
@@ -194,61 +155,6 @@ def load_test(dataset: str, *, data_dir: str | Path | None = None) -> Split:
     """Load the test split of Fashion-MNIST or an .npz (`load_study_test` for any dataset)."""
     x, y, _ = _load(dataset, "test", data_dir)
     return Split(x, y)
-
-
-def stratified_split(
-    y: np.ndarray, fraction: float, *, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices into (kept, held_out) with `fraction` of every class held out."""
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"validation_split is {fraction}, but must be between 0 and 1")
-    rng = np.random.default_rng(seed)
-    kept, held = [], []
-    for label in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == label))
-        n_held = int(round(len(idx) * fraction))
-        if n_held == 0 or n_held == len(idx):
-            raise DataError(
-                f"class {label} has {len(idx)} images: too few to hold out {fraction} of them"
-            )
-        held.append(idx[:n_held])
-        kept.append(idx[n_held:])
-    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
-
-
-def take_subsets(
-    y: np.ndarray,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    *,
-    split_seed: int,
-    train_subset: int | None,
-    validation_subset: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices (into `y`), cut to stratified subsets where asked."""
-    rng = np.random.default_rng(split_seed + 1)
-    if train_subset is not None:
-        train_idx = train_idx[_stratified_take(y[train_idx], train_subset, rng, "train_subset")]
-    if validation_subset is not None:
-        val_idx = val_idx[
-            _stratified_take(y[val_idx], validation_subset, rng, "validation_subset")
-        ]
-    return train_idx, val_idx
-
-
-def _stratified_take(y: np.ndarray, n: int, rng: np.random.Generator, key: str) -> np.ndarray:
-    """Indices of `n` items of `y`, each class in proportion (largest remainders)."""
-    labels, counts = np.unique(y, return_counts=True)
-    if not len(labels) <= n <= len(y):
-        raise DataError(f"{key} is {n}, but must be between {len(labels)} and {len(y)}")
-    exact = counts * n / len(y)
-    take = np.floor(exact).astype(int)
-    take[np.argsort(take - exact)[: n - take.sum()]] += 1
-    chosen = [
-        rng.permutation(np.flatnonzero(y == label))[:k]
-        for label, k in zip(labels, take, strict=True)
-    ]
-    return np.sort(np.concatenate(chosen))
 
 
 def _load(

@@ -13,7 +13,7 @@ import math
 import platform
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ import optuna
 from optuna.trial import TrialState
 
 from search import __version__
-from search.budget import DEADLINE_ATTR, PLANNED_ATTR, progress
+from search.budget import progress
 from search.config import ConfigError, StudyConfig, from_dict
 from search.ranking import ranked_trials
+from search.record import StudyRecord, TrialRecord
 from search.study import load_definition
 from spaces import SpaceError, load_space
 
@@ -73,9 +74,6 @@ class Export:
             raise ExportError(f"{self.path}: {e}") from None
 
 
-CLASS_NAMES_ATTR = "class_names"
-
-
 def export_best(
     study_name: str, storage: optuna.storages.BaseStorage, *, top: int = 1
 ) -> dict[str, Any]:
@@ -100,7 +98,7 @@ def export_best(
         "direction": definition.direction,
         "definition": definition.to_dict(),
         # What a model's outputs mean, in order (recorded by the study's first worker).
-        "class_names": study.user_attrs.get(CLASS_NAMES_ATTR),
+        "class_names": StudyRecord.of(study).class_names,
         "versions": versions(),
         "trials": [
             _entry(trial, rank, definition, space)
@@ -214,7 +212,7 @@ def _check_params(path: Path, entry: dict[str, Any], space: Any, space_name: str
 def _entry(
     trial: optuna.trial.FrozenTrial, rank: int, definition: StudyConfig, space: Any
 ) -> dict[str, Any]:
-    attrs = trial.user_attrs
+    record = TrialRecord.of(trial)
     try:
         suggested = space.suggest(optuna.trial.FixedTrial(trial.params))
     except (KeyError, TypeError, ValueError) as e:
@@ -226,27 +224,29 @@ def _entry(
     return {
         "rank": rank,
         "number": trial.number,
-        "baseline": attrs.get("baseline"),
-        "origin": attrs.get("origin"),
+        "baseline": record.baseline,
+        "origin": record.origin,
         "value": trial.value,
-        "best_epoch": attrs["best_epoch"],
-        "epochs": attrs["epochs"],
-        "seed": attrs.get("seed", definition.study.seed + trial.number),
-        "threads": attrs.get("threads"),
-        "n_params": attrs.get("n_params"),
-        "seconds": attrs.get("seconds"),
+        "best_epoch": record.best_epoch,
+        "epochs": record.epochs,
+        "seed": definition.study.seed + trial.number if record.seed is None else record.seed,
+        "threads": record.threads,
+        "n_params": record.n_params,
+        "seconds": record.seconds,
         # The epochs its schedule spanned (retraining follows it), and how far the run's
         # deadline let it get, if it stopped it.
-        "planned_epochs": attrs.get(PLANNED_ATTR),
-        "stopped_at_deadline": attrs.get(DEADLINE_ATTR),
-        "warning": attrs.get("warning"),
+        "planned_epochs": record.planned_epochs,
+        "stopped_at_deadline": None
+        if record.stopped_at_deadline is None
+        else asdict(record.stopped_at_deadline),
+        "warning": record.warning,
         "params": trial.params,
         "distributions": {
             name: json.loads(optuna.distributions.distribution_to_json(d))
             for name, d in trial.distributions.items()
         },
         "config": config,
-        "history": attrs.get("history", {}),
+        "history": record.history,
     }
 
 

@@ -11,8 +11,8 @@
   times in all (`Settings.max_retries`: --max-retries, SEARCH_MAX_RETRIES, 3). A trial not
   retried has its checkpoint removed. Any process that opens the storage runs the check:
   workers before a trial, `search run`'s supervisor, `search reap`.
-- A trial stopped on purpose (Ctrl-C, SIGTERM, the study's timeout) fails with an
-  "Interrupted" reason and is queued again at once by its own worker, however often.
+- A trial stopped on purpose (Ctrl-C, SIGTERM, the study's timeout) fails as
+  `FailureKind.INTERRUPTED` and is queued again at once by its own worker, however often.
 - A study with more failed trials than its budget (or 10) stops its workers: something is
   wrong that retrying will not mend.
 """
@@ -25,10 +25,8 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import DEADLINE_ATTR
+from search.record import FailureKind, TrialRecord, TrialWriter
 from search.settings import Settings
-
-FAIL_REASON_ATTR = "fail_reason"
 
 
 class TooManyFailures(RuntimeError):
@@ -56,7 +54,7 @@ class RetryWithProgress:
         from search.checkpoints import checkpoint_key, delete_checkpoint, open_store
 
         store = open_store(self.checkpoints)
-        earlier = list(trial.system_attrs.get("retry_history", []))
+        earlier = list(TrialRecord.of(trial).retry_history)
         # A trial saves a checkpoint only after an epoch it trained: its own is progress.
         progressed = store is not None and bool(
             store.keys(checkpoint_key(study.study_name, trial.number))
@@ -79,9 +77,9 @@ def reap(study: optuna.Study) -> None:
     optuna.storages.fail_stale_trials(study)
 
 
-def fail(trial: optuna.Trial, reason: str) -> float:
-    """End the trial as FAIL with its reason recorded (Optuna fails a NaN result)."""
-    trial.set_user_attr(FAIL_REASON_ATTR, reason)
+def fail(trial: optuna.Trial, kind: FailureKind, reason: str) -> float:
+    """End the trial as FAIL with its kind and reason recorded (Optuna fails a NaN result)."""
+    TrialWriter(trial).set_failure(kind, reason)
     return math.nan
 
 
@@ -101,7 +99,7 @@ def check_failures(study_name: str, n_failed: int, n_trials: int) -> None:
 
 
 def fail_running(study: optuna.Study, workers: set[str], reason: str) -> list[int]:
-    """Fail the RUNNING trials of these workers ("host:pid") and queue them again.
+    """Fail the RUNNING trials of these killed workers ("host:pid") and queue them again.
 
     For workers that were killed: their trials would otherwise stay RUNNING until some
     process's stale-trial check, long after `search run` returned.
@@ -111,9 +109,9 @@ def fail_running(study: optuna.Study, workers: set[str], reason: str) -> list[in
     numbers = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # "host:pid", followed by the SLURM task where the worker runs in one.
-        if t.user_attrs.get("worker", "").split(" ")[0] in workers:
+        if (TrialRecord.of(t).worker or "").split(" ")[0] in workers:
             # The trial's id is not public on a FrozenTrial; Trial takes it to write attrs.
-            Trial(study, t._trial_id).set_user_attr(FAIL_REASON_ATTR, reason)
+            TrialWriter(Trial(study, t._trial_id)).set_failure(FailureKind.KILLED, reason)
             study.tell(t.number, state=TrialState.FAIL)
             requeue(study, t.number)
             numbers.append(t.number)
@@ -125,10 +123,9 @@ def deadline_summary(study: optuna.Study, deadline: float) -> str:
     (they had trained one), or stopped and queued again."""
     since = datetime.fromtimestamp(deadline)
     completed = [
-        f"#{t.number} after {t.user_attrs[DEADLINE_ATTR]['epochs']} of"
-        f" {t.user_attrs[DEADLINE_ATTR]['planned']} epochs"
+        f"#{t.number} after {stopped.epochs} of {stopped.planned} epochs"
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if DEADLINE_ATTR in t.user_attrs
+        if (stopped := TrialRecord.of(t).stopped_at_deadline) is not None
         and t.datetime_complete is not None
         and t.datetime_complete >= since
     ]
@@ -154,8 +151,8 @@ def requeued_since(study: optuna.Study, deadline: float) -> int:
         if t.state == TrialState.FAIL
         and t.datetime_complete is not None
         and t.datetime_complete >= since
-        and t.user_attrs.get(FAIL_REASON_ATTR, "").startswith("Interrupted")
+        and TrialRecord.of(t).interrupted
     }
-    # A retry's history ends with the trial it repeats (failed_trial is the first of them).
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
-    return sum(t.system_attrs.get("retry_history", [None])[-1] in stopped for t in waiting)
+    # A retry's history ends with the trial it repeats (retry_of is the first of them).
+    waiting = [TrialRecord.of(t) for t in trials if t.state == TrialState.WAITING]
+    return sum(bool(r.retry_history) and r.retry_history[-1] in stopped for r in waiting)

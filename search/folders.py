@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from search.data import DataError, Dataset, stratified_split, take_subsets
+from search.splits import DataError, Dataset, stratified_split, take_subsets
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 PARTS = ("train", "validation", "test")

@@ -11,7 +11,6 @@ import math
 import os
 import resource
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,34 +21,18 @@ import keras
 import optuna
 import tensorflow as tf
 
-from search.budget import DEADLINE_ATTR, PLANNED_ATTR, BudgetClaimed, check_claim
-from search.checkpoints import (
-    RESTART_ATTR,
-    RESUMED_ATTR,
-    Checkpoint,
-    Store,
-    delete_checkpoint,
-    kept_key,
-    load_checkpoint,
-    save_checkpoint,
-)
+from search.budget import BudgetClaimed, check_claim
+from search.checkpoints import Checkpointer, Store
 from search.config import StudyConfig
 from search.data import Dataset
-from search.failures import FAIL_REASON_ATTR, fail
+from search.failures import fail
 from search.folders import FileSplit
 from search.pacing import Interrupted, Pacer, typical_epoch_seconds
-from search.prior import ORIGIN_ATTR, SAMPLER, PriorSampler
+from search.prior import SAMPLER, PriorSampler
 from search.ranking import best_value
+from search.record import FailureKind, TrialRecord, TrialWriter
 from search.slurm import array_task
-from search.training import (
-    Horizon,
-    ResumablePlateau,
-    describe_device,
-    fit,
-    for_raw_images,
-    learning_rate_callbacks,
-    save_model,
-)
+from search.training import Horizon, describe_device, fit, learning_rate_callbacks
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -71,6 +54,7 @@ class PruningReporter(keras.callbacks.Callback):
     ) -> None:
         super().__init__()
         self.trial = trial
+        self.writer = TrialWriter(trial)
         self.metric = metric
         self.horizon = horizon
         self.direction = direction
@@ -94,9 +78,8 @@ class PruningReporter(keras.callbacks.Callback):
         now = time.time()
         self.epoch_end.append(round(now, 2))
         self.epoch_seconds.append(round(now - self._epoch_start, 2))
-        self.trial.set_user_attr("history", self.history)
-        self.trial.set_user_attr("epoch_end", self.epoch_end)
-        self.trial.set_user_attr("epoch_seconds", self.epoch_seconds)
+        self.writer.set_history(self.history)
+        self.writer.set_epoch_times(self.epoch_end, self.epoch_seconds)
         value = self.history[self.metric][-1]
         values = [v for v in self.history[self.metric] if math.isfinite(v)]
         best = f" (best {best_value(values, self.direction):.4f})" if values else ""
@@ -163,45 +146,51 @@ class Objective:
         self.last_trial = trial.number
         task = array_task()
         where = f"{socket.gethostname()}:{os.getpid()}" + (f" slurm {task}" if task else "")
-        trial.set_user_attr("worker", where)
-        _record_origin(trial)
+        writer = TrialWriter(trial)
+        writer.set_worker(where)
+        record = writer.record()
+        _record_origin(trial, record)
         try:
             check_claim(trial, self.config.trials.n_trials)
-            return self._train(trial)
+            return self._train(trial, record)
         except BudgetClaimed as e:
-            return fail(trial, str(e))
+            return fail(trial, FailureKind.BUDGET_CLAIMED, str(e))
         except Exception as e:
-            trial.set_user_attr(FAIL_REASON_ATTR, f"{type(e).__name__}: {e}"[:500])
+            writer.set_failure(_failure_kind(e), f"{type(e).__name__}: {e}"[:500])
             raise
 
-    def _train(self, trial: optuna.Trial) -> float:
-        retry_of = _retry_history(trial)
+    def _train(self, trial: optuna.Trial, record: TrialRecord) -> float:
+        """Train the trial; `record` is what it held when it started (a retry's inherited)."""
+        writer = TrialWriter(trial)
+        retry_of = list(record.retry_history)
         # A retry trains with the seed of the trial it repeats (which it inherited).
-        seed = trial.user_attrs.get("seed") if retry_of else None
+        seed = record.seed if retry_of else None
         seed = self.config.study.seed + trial.number if seed is None else seed
-        trial.set_user_attr("seed", seed)
-        # Float sums depend on the thread count: retraining reproduces a trial only with its
-        # own (0 = TensorFlow's default, all cores).
-        trial.set_user_attr("threads", tf.config.threading.get_intra_op_parallelism_threads())
-        # "cpu" or "gpu N" (and mixed precision): what the trial's seconds were spent on.
-        trial.set_user_attr("device", describe_device())
+        writer.set_start(
+            seed=seed,
+            # Float sums depend on the thread count: retraining reproduces a trial only with
+            # its own (0 = TensorFlow's default, all cores).
+            threads=tf.config.threading.get_intra_op_parallelism_threads(),
+            # "cpu" or "gpu N" (and mixed precision): what the trial's seconds were spent on.
+            device=describe_device(),
+        )
         keras.utils.set_random_seed(seed)
         config = self.config.space_config(self.space, self.space.suggest(trial))
         # A space may say why a config's results would mislead (e.g. a backbone without
         # its pretrained weights); the warning stays with the trial's results.
         warning = getattr(self.space, "warning", None)
         if warning is not None and (message := warning(config)):
-            trial.set_user_attr("warning", message)
+            writer.set_warning(message)
         try:
             model = self.space.build(config, self.data.input_shape, self.data.num_classes)
         except ValueError as e:
-            return fail(trial, f"the space cannot build this config: {e}")
+            return fail(trial, FailureKind.UNBUILDABLE, f"the space cannot build this config: {e}")
         n_params = model.count_params()
-        trial.set_user_attr("n_params", n_params)
+        writer.set_n_params(n_params)
         max_params = self.config.trials.max_params
         if max_params is not None and n_params > max_params:
             # Pruned, not failed: the sampler then learns that this region costs too much.
-            trial.set_user_attr("pruned_reason", f"{n_params} params > max_params {max_params}")
+            writer.set_pruned_reason(f"{n_params} params > max_params {max_params}")
             raise optuna.TrialPruned(f"{n_params} params, more than max_params ({max_params})")
         trials = self.config.trials
         horizon = Horizon(trials.max_epochs, planned=False)
@@ -241,7 +230,7 @@ class Objective:
                 schedule=schedule,
                 initial_epoch=start_epoch,
                 # The pacer first: an epoch's plan is made before the reporter judges it.
-                callbacks=[pacer, reporter, checkpointer],
+                callbacks=[pacer, reporter, checkpointer.callback(model)],
                 shuffle_seed=seed,
             )
             ended = True
@@ -250,7 +239,7 @@ class Objective:
         finally:
             _record_run(trial, reporter, time.monotonic() - start, self.config.direction)
             # What this attempt trained (a resumed trial's history has the epochs before).
-            trial.set_user_attr("epochs_trained", len(reporter.history["loss"]) - start_epoch)
+            writer.set_epochs_trained(len(reporter.history["loss"]) - start_epoch)
             # A trial that ended (completed, pruned, failed) needs its checkpoints no more;
             # a stopped one is decided below. A killed worker runs none of this.
             if not stopped:
@@ -267,173 +256,32 @@ class Objective:
                 )
             # The run's time is up: the best epoch so far is the trial's result, said so.
             checkpointer.finish(model, kept=self.keep_best > 0)
-            trial.set_user_attr(DEADLINE_ATTR, {"epochs": len(values), "planned": horizon.epochs})
+            writer.set_stopped_at_deadline(len(values), horizon.epochs)
             self.log(
                 f"trial {trial.number}: stopped at the deadline after {len(values)} of"
                 f" {horizon.epochs} epochs; its best epoch is its result"
             )
         if reporter.diverged:
-            return fail(trial, reporter.diverged)
+            return fail(trial, FailureKind.DIVERGED, reporter.diverged)
         return best_value(values, self.config.direction)
 
 
-def _retry_history(trial: optuna.Trial) -> list[int]:
-    """The trials this one repeats, oldest first (empty: not a retry)."""
-    frozen = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    attrs = next((t.system_attrs for t in frozen if t.number == trial.number), {})
-    return list(attrs.get("retry_history", []))
-
-
-class Checkpointer(keras.callbacks.Callback):
-    """After every epoch, save what the trial needs to go on; resume from what was saved.
-
-    Runs after the PruningReporter, so a checkpoint holds the epoch's history, and a trial
-    pruned at an epoch saves nothing more.
-    """
-
-    def __init__(
-        self,
-        store: Store | None,
-        study: str,
-        trial: optuna.Trial,
-        reporter: PruningReporter,
-        schedule: list[keras.callbacks.Callback],
-        direction: str,
-        horizon: Horizon,
-        raw_images: tuple[int, int, int] | None = None,
-    ) -> None:
-        """
-        Args:
-            horizon: the trial's planned epochs, saved and restored with its state.
-            raw_images: the input shape of a model trained on image folders, whose kept
-                model takes images of any size (`for_raw_images`).
-        """
-        super().__init__()
-        self.raw_images = raw_images
-        self.store = store
-        self.study = study
-        self.trial = trial
-        self.reporter = reporter
-        self.plateau = next((c for c in schedule if isinstance(c, ResumablePlateau)), None)
-        self.direction = direction
-        self.horizon = horizon
-        self.best_weights: list[Any] | None = None
-        self.best_epoch = 0
-        # Older attempts' checkpoints, removed once this trial has saved its own.
-        self.superseded: list[int] = []
-
-    def resume(self, model: keras.Model, retry_of: list[int]) -> int:
-        """Load the newest checkpoint of the attempts before; return its epoch (0: none).
-
-        Reports its epochs' values again, so the pruner judges the whole curve, and records
-        where the trial went on from (`resumed_from`), or why it starts from epoch 1.
-        """
-        if self.store is None:
-            self.trial.set_user_attr(RESTART_ATTR, "checkpoints are off")
-            return 0
-        self.superseded = list(retry_of)
-        reasons = []
-        for number in reversed(retry_of):
-            try:
-                checkpoint = load_checkpoint(self.store, self.study, number)
-                if checkpoint is None:
-                    reasons.append(f"trial {number} left no checkpoint")
-                    continue
-                self._restore(model, checkpoint)
-            except Exception as e:  # unreadable, or not this model's: try an older one
-                reasons.append(f"trial {number}'s checkpoint is unusable ({e})"[:300])
-                continue
-            self.trial.set_user_attr(RESUMED_ATTR, {"trial": number, "epoch": checkpoint.epoch})
-            # (A retry inherits its attempt's attributes: an older reason is replaced.)
-            self.trial.set_user_attr(RESTART_ATTR, "; ".join(reasons) if reasons else None)
-            return checkpoint.epoch
-        self.trial.set_user_attr(RESUMED_ATTR, {"trial": None, "epoch": 0})
-        self.trial.set_user_attr(RESTART_ATTR, "; ".join(reasons) + ": started from epoch 1")
-        return 0
-
-    def _restore(self, model: keras.Model, checkpoint: Checkpoint) -> None:
-        if checkpoint.params != self.trial.params:
-            raise ValueError("its params differ from this trial's")
-        # All of the model's state: weights, batch norm's statistics, dropout's RNG states.
-        if len(model.variables) != len(checkpoint.weights):
-            raise ValueError("its weights do not fit this model")
-        for variable, value in zip(model.variables, checkpoint.weights, strict=True):
-            variable.assign(value)
-        optimizer = model.optimizer
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        if len(optimizer.variables) != len(checkpoint.optimizer):
-            raise ValueError("its optimizer state does not fit this model's optimizer")
-        for variable, value in zip(optimizer.variables, checkpoint.optimizer, strict=True):
-            variable.assign(value)
-        state = checkpoint.state
-        if self.plateau is not None and state.get("plateau") is not None:
-            self.plateau.restore(state["plateau"])
-        self.best_weights = checkpoint.best_weights or None
-        self.best_epoch = state["best_epoch"]
-        if state.get(PLANNED_ATTR) is not None:
-            self.horizon.epochs, self.horizon.planned = state[PLANNED_ATTR], True
-        self.reporter.history = {k: list(v) for k, v in state["history"].items()}
-        self.reporter.epoch_end = list(state["epoch_end"])
-        self.reporter.epoch_seconds = list(state["epoch_seconds"])
-        # The earlier epochs, reported again to this trial: its curve has every epoch once.
-        for epoch, value in enumerate(self.reporter.history[self.reporter.metric], start=1):
-            self.trial.report(value, step=epoch)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.store is None or self.reporter.diverged:
-            return
-        values = self.reporter.history[self.reporter.metric]
-        if values.index(best_value(values, self.direction)) == len(values) - 1:
-            self.best_weights = self.model.get_weights()
-            self.best_epoch = len(values)
-        save_checkpoint(
-            self.store,
-            self.study,
-            Checkpoint(
-                trial=self.trial.number,
-                epoch=epoch + 1,
-                params=self.trial.params,
-                weights=[v.numpy() for v in self.model.variables],
-                optimizer=[v.numpy() for v in self.model.optimizer.variables],
-                best_weights=self.best_weights or [],
-                state={
-                    "history": self.reporter.history,
-                    "epoch_end": self.reporter.epoch_end,
-                    "epoch_seconds": self.reporter.epoch_seconds,
-                    "best_epoch": self.best_epoch,
-                    PLANNED_ATTR: self.horizon.epochs if self.horizon.planned else None,
-                    "plateau": None if self.plateau is None else self.plateau.state(),
-                },
-            ),
-        )
-        while self.superseded:
-            delete_checkpoint(self.store, self.study, self.superseded.pop())
-
-    def finish(self, model: keras.Model, *, kept: bool) -> None:
-        """The trial ended: keep its best epoch's model if it completed, drop checkpoints."""
-        if self.store is None:
-            return
-        if kept and self.best_weights is not None:
-            model.set_weights(self.best_weights)
-            if self.raw_images is not None:
-                model = for_raw_images(model, self.raw_images)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "model.keras"
-                save_model(model, path)
-                self.store.put(kept_key(self.study, self.trial.number), path)
-            self.trial.set_user_attr("kept_epoch", self.best_epoch)
-        for number in [*self.superseded, self.trial.number]:
-            delete_checkpoint(self.store, self.study, number)
-
-
-def _record_origin(trial: optuna.Trial) -> None:
+def _record_origin(trial: optuna.Trial, record: TrialRecord) -> None:
     """Where the trial's params came from, unless it was queued with its origin."""
-    if ORIGIN_ATTR in trial.user_attrs:
+    if record.origin is not None:
         return  # the prior's centre, a baseline, an export, or a retry that inherited it
     sampler = trial.study.sampler
     origin = sampler.origin(trial.number) if isinstance(sampler, PriorSampler) else SAMPLER
-    trial.set_user_attr(ORIGIN_ATTR, origin)
+    TrialWriter(trial).set_origin(origin)
+
+
+def _failure_kind(e: Exception) -> FailureKind:
+    """The kind of an exception that ended a trial."""
+    if isinstance(e, Interrupted):
+        return FailureKind.INTERRUPTED
+    if isinstance(e, optuna.TrialPruned):
+        return FailureKind.PRUNED
+    return FailureKind.ERROR
 
 
 def best_epoch(values: list[float], direction: str) -> int:
@@ -443,14 +291,14 @@ def best_epoch(values: list[float], direction: str) -> int:
 
 def _record_run(trial: optuna.Trial, reporter: PruningReporter, seconds: float, direction: str):
     values = [v for v in reporter.history[reporter.metric] if math.isfinite(v)]
-    trial.set_user_attr("history", reporter.history)
-    trial.set_user_attr("epochs", len(reporter.history["loss"]))
-    trial.set_user_attr("seconds", round(seconds, 2))
-    # The worker's memory after the trial: creep across trials shows here (and on the
-    # dashboard), which is what --max-trials-per-process bounds.
-    trial.set_user_attr("worker_rss_mb", round(resident_mb(), 1))
-    if values:
-        trial.set_user_attr("best_epoch", best_epoch(values, direction))
+    TrialWriter(trial).set_run(
+        reporter.history,
+        seconds=round(seconds, 2),
+        # The worker's memory after the trial: creep across trials shows here (and on the
+        # dashboard), which is what --max-trials-per-process bounds.
+        worker_rss_mb=round(resident_mb(), 1),
+        best_epoch=best_epoch(values, direction) if values else None,
+    )
 
 
 def resident_mb() -> float:

@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import optuna
 
-from search.budget import PLAN_NOTE_ATTR, PLANNED_ATTR
+from search.record import TrialRecord, TrialWriter
 from search.training import Horizon
 
 # Set by a worker's SIGINT/SIGTERM handler and by its deadline timer. Trials stop at the
@@ -40,7 +40,6 @@ EPOCH_SAFETY = 1.1
 COST_CHECK_SECONDS = 5.0
 # Seconds between two looks at the study's typical epoch while a trial trains.
 TYPICAL_REFRESH_SECONDS = 30.0
-PRUNED_REASON_ATTR = "pruned_reason"
 
 
 class Interrupted(Exception):
@@ -75,6 +74,7 @@ class Pacer(keras.callbacks.Callback):
         """
         super().__init__()
         self.trial = trial
+        self.writer = TrialWriter(trial)
         self.horizon = horizon
         self.max_epochs = max_epochs
         self.budget_seconds = budget_seconds
@@ -114,7 +114,7 @@ class Pacer(keras.callbacks.Callback):
         reason = self._too_costly(projected)
         if reason:
             message = f"too costly: epoch {self._epoch_number()} projected at {reason}"
-            self.trial.set_user_attr(PRUNED_REASON_ATTR, message)
+            self.writer.set_pruned_reason(message)
             self.log(f"trial {self.trial.number}: {message}; pruned")
             raise optuna.TrialPruned(message)
 
@@ -130,7 +130,7 @@ class Pacer(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def _epoch_number(self) -> int:
-        return len(self.trial.user_attrs.get("history", {}).get("loss", [])) + 1
+        return self.writer.record().epochs_done + 1
 
     def _too_costly(self, projected: float) -> str | None:
         now = time.monotonic()
@@ -165,13 +165,14 @@ class Pacer(keras.callbacks.Callback):
             more = math.floor(max(0.0, allowed) / (max(seconds, 1e-3) * EPOCH_SAFETY))
             planned = max(epochs_done, min(self.max_epochs, epochs_done + more))
         self.horizon.epochs, self.horizon.planned = planned, True
-        self.trial.set_user_attr(PLANNED_ATTR, planned)
+        note = None
         if planned < self.max_epochs:
             note = (
                 f"{planned} of max {self.max_epochs} epochs planned: {seconds:.0f} s per epoch,"
                 f" {max(0.0, allowed) / 60:.1f} min left in {limits[0]}"
             )
-            self.trial.set_user_attr(PLAN_NOTE_ATTR, note)
+        self.writer.set_plan(planned, note)
+        if note is not None:
             self.log(f"trial {self.trial.number}: {note}")
 
 
@@ -186,6 +187,6 @@ def typical_epoch_seconds(
     per_trial = [
         seconds[0] if first else statistics.median(seconds)
         for t in study.get_trials(deepcopy=False)
-        if t.number != exclude and (seconds := t.user_attrs.get("epoch_seconds"))
+        if t.number != exclude and (seconds := TrialRecord.of(t).epoch_seconds)
     ]
     return statistics.median(per_trial) if per_trial else None

@@ -6,7 +6,8 @@ of the time), a mutation of the best trial so far (a few params moved a little),
 study's model-based sampler (TPE). Early, while TPE is still sampling at random, the prior
 and the incumbent carry most of the weight; later TPE does, so a wrong prior costs a
 share of the trials, not the search. The mix is a plain schedule, not PriorBand's
-adaptive one. Every trial records its origin in the user attribute `origin`.
+adaptive one. Every trial records its origin (`TrialRecord.origin`, the user attribute
+`origin`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from search.storage import params_fixed
 from spaces import Prior
 
-ORIGIN_ATTR = "origin"
 PRIOR_CENTRE = "prior centre"
 PRIOR_SAMPLE = "prior sample"
 MUTATION = "mutation"
@@ -160,7 +161,7 @@ class PriorSampler(optuna.samplers.BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._base.before_trial(study, trial)
         # Enqueued or retried: its params are known already.
-        if "fixed_params" in trial.system_attrs:
+        if params_fixed(trial):
             self._origins[trial.number] = ENQUEUED
             return
         if trial.params:

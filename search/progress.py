@@ -17,21 +17,24 @@ from typing import Any, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import DEADLINE_ATTR, PLANNED_ATTR, Progress
+from search.budget import Progress
 from search.ranking import best_value
+from search.record import TrialRecord
 
 
 def epochs_text(trial: FrozenTrial, max_epochs: int | None) -> str:
     """A trial's epochs so far and of how many: "3/10" (planned, else max_epochs)."""
-    done = len(trial.user_attrs.get("history", {}).get("loss", []))
-    planned = trial.user_attrs.get(PLANNED_ATTR, max_epochs)
+    record = TrialRecord.of(trial)
+    done = record.epochs_done
+    planned = record.planned_epochs if record.planned_epochs is not None else max_epochs
     return f"{done}/{planned}" if planned else str(done)
 
 
 def trial_line(trial: FrozenTrial, metric: str, direction: str, max_epochs: int) -> str:
     """A running trial: its epoch (n of planned), last and best value, seconds per epoch."""
-    values = [v for v in trial.user_attrs.get("history", {}).get(metric, []) if math.isfinite(v)]
-    seconds = trial.user_attrs.get("epoch_seconds", [])
+    record = TrialRecord.of(trial)
+    values = [v for v in record.history.get(metric, []) if math.isfinite(v)]
+    seconds = record.epoch_seconds
     text = f"trial {trial.number}: epoch {epochs_text(trial, max_epochs)}"
     if values:
         text += f" {metric} {values[-1]:.4f} (best {best_value(values, direction):.4f})"
@@ -134,22 +137,22 @@ def show(
             display.shown.discard(t.number)
             display.event(ended_line(t, metric, max_epochs))
     lines = {t.number: trial_line(t, metric, direction, max_epochs) for t in running}
-    epochs = {t.number: len(t.user_attrs.get("history", {}).get("loss", [])) for t in running}
+    epochs = {t.number: TrialRecord.of(t).epochs_done for t in running}
     display.shown |= set(lines)
     display.update(state.line(n_trials, metric), time_left(deadline), lines, epochs)
 
 
 def ended_line(trial: FrozenTrial, metric: str, max_epochs: int) -> str:
     """How a trial ended: its state, value and epochs, and the reason where there is one."""
-    attrs = trial.user_attrs
+    record = TrialRecord.of(trial)
     text = f"trial {trial.number} {trial.state.name.lower()}"
     if trial.value is not None:
         text += f": {metric} {trial.value:.4f}"
-        if "best_epoch" in attrs:
-            text += f" at epoch {attrs['best_epoch']}"
+        if record.best_epoch is not None:
+            text += f" at epoch {record.best_epoch}"
     text += f" after {epochs_text(trial, max_epochs)} epochs"
-    reason = attrs.get(DEADLINE_ATTR) and "stopped at the deadline"
-    reason = reason or attrs.get("pruned_reason") or attrs.get("fail_reason")
+    reason = record.stopped_at_deadline and "stopped at the deadline"
+    reason = reason or record.pruned_reason or record.fail_reason
     return f"{text} ({reason})" if reason else text
 
 

@@ -29,6 +29,7 @@ from search.budget import progress
 from search.config import StudyConfig
 from search.data import Dataset, load_study_data
 from search.ranking import ranked_trials
+from search.record import StudyRecord, TrialRecord
 from search.status import describe_best, trial_note
 from search.study import StudyError, load_definition
 
@@ -121,7 +122,7 @@ def _load_retrained(
 
 
 def _summary(study: optuna.Study, definition: StudyConfig, storage: Any, data: Dataset) -> str:
-    attrs = study.user_attrs
+    record = StudyRecord.of(study)
     d = definition.data
     # An image folder's images are resized and converted as they are read.
     resized = (
@@ -132,11 +133,11 @@ def _summary(study: optuna.Study, definition: StudyConfig, storage: Any, data: D
         "dataset": f"{d.dataset}: {len(data.train):,} training and {len(data.val):,} validation"
         f" images (validation split {d.validation_split}, split seed {d.split_seed})" + resized,
         "metric": f"{definition.study.metric} ({definition.direction}d)",
-        "sampler": attrs.get("sampler", definition.trials.sampler),
-        "pruner": attrs.get("pruner", definition.trials.pruner),
+        "sampler": record.sampler or definition.trials.sampler,
+        "pruner": record.pruner or definition.trials.pruner,
         "trials": progress(study).line(definition.trials.n_trials, definition.study.metric),
         "max epochs": definition.trials.max_epochs,
-        "search version": attrs.get("search_version", "?"),
+        "search version": record.search_version or "?",
     }
     table = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
@@ -213,8 +214,9 @@ def _trials_section(
     header = "".join(f"<th>{c}</th>" for c in columns)
     rows = []
     for t in order:
-        history = t.user_attrs.get("history", {})
-        best = t.user_attrs.get("best_epoch")
+        record = TrialRecord.of(t)
+        history = record.history
+        best = record.best_epoch
         losses = [v for v in history.get("val_loss", []) if math.isfinite(v)]
         lowest = min(losses) if losses else None
         report = tested.get(t.number)
@@ -222,14 +224,14 @@ def _trials_section(
             _cell(rank.get(t.number)),
             _cell(t.number),
             f'<td class="{t.state.name.lower()}">{t.state.name}</td>',
-            f'<td class="text">{html.escape(t.user_attrs.get("origin", ""))}</td>',
+            f'<td class="text">{html.escape(record.origin or "")}</td>',
             _cell(_at(history.get("val_accuracy"), best), ".4f"),
             _cell(_at(history.get("val_loss"), best), ".4f"),
             _cell(best),
             _cell(lowest, ".4f", f" ({history['val_loss'].index(lowest) + 1})" if losses else ""),
-            _cell(t.user_attrs.get("epochs")),
-            _cell(t.user_attrs.get("n_params"), ","),
-            _cell(t.user_attrs.get("seconds"), ".1f"),
+            _cell(record.epochs),
+            _cell(record.n_params, ","),
+            _cell(record.seconds, ".1f"),
             _cell(report["test"]["accuracy"] if report else None, ".4f"),
             _cell(report["test"]["loss"] if report else None, ".4f"),
             _cell(test_rank.get(t.number)),
@@ -394,7 +396,7 @@ def _plot_top_curves(trials: list[FrozenTrial], definition: StudyConfig) -> Figu
     fig = Figure(figsize=(11, 4), layout="constrained")
     for ax, key in zip(fig.subplots(1, 2), ("val_accuracy", "val_loss"), strict=True):
         for t in top[:N_TOP]:
-            values = t.user_attrs.get("history", {}).get(key, [])
+            values = TrialRecord.of(t).history.get(key, [])
             ax.plot(range(1, len(values) + 1), values, marker="o", label=_label(t))
         ax.set(xlabel="epoch", ylabel=key, title=key.replace("_", " "))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -506,13 +508,15 @@ def _note(t: FrozenTrial) -> str:
     notes = [trial_note(t)]
     if t.state == TrialState.PRUNED:
         notes.append(f"pruned after epoch {max(t.intermediate_values, default=0)}")
-    if "warning" in t.user_attrs:
-        notes.append(t.user_attrs["warning"])
+    warning = TrialRecord.of(t).warning
+    if warning is not None:
+        notes.append(warning)
     return "; ".join(n for n in notes if n)
 
 
 def _label(t: FrozenTrial) -> str:
-    return f"#{t.number}" + (f" {t.user_attrs['baseline']}" if "baseline" in t.user_attrs else "")
+    baseline = TrialRecord.of(t).baseline
+    return f"#{t.number}" + (f" {baseline}" if baseline is not None else "")
 
 
 _STYLE = """

@@ -8,30 +8,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.budget import DEADLINE_ATTR, PLAN_NOTE_ATTR, progress
+from search.budget import progress
 from search.progress import epochs_text
+from search.record import StoppedAtDeadline, StudyRecord, TrialRecord
 from search.study import open_study, study_names
-
-# The trial attributes `search status --format json` gives besides Optuna's own fields.
-JSON_ATTRS = (
-    "origin",
-    "resumed_from",
-    "restarted",
-    "epochs_trained",
-    "baseline",
-    "epochs",
-    "best_epoch",
-    "seconds",
-    "n_params",
-    "seed",
-    "worker",
-    "fail_reason",
-    "pruned_reason",
-    "planned_epochs",
-    "plan_note",
-    "stopped_at_deadline",
-    "warning",
-)
 
 
 def print_status(
@@ -54,28 +34,30 @@ def print_status(
             print("no studies in this storage")
         for name in names:
             study = open_study(name, storage)
-            definition = study.user_attrs.get("definition", {})
+            definition = StudyRecord.of(study).definition or {}
             n_trials = definition.get("trials", {}).get("n_trials", "?")
             metric = definition.get("study", {}).get("metric", "value")
             print(f"{name}: {progress(study).line(n_trials, metric)}")
         return
     study = _load(study_name, storage)
-    max_epochs = study.user_attrs.get("definition", {}).get("trials", {}).get("max_epochs")
+    definition = StudyRecord.of(study).definition or {}
+    max_epochs = definition.get("trials", {}).get("max_epochs")
     print(
         f"{'trial':>5}  {'state':<8} {'value':>8} {'epochs':>6} {'seconds':>8}"
         f"  {'origin':<15} name / note"
     )
     for t in study.get_trials(deepcopy=False):
+        record = TrialRecord.of(t)
         value = f"{t.value:.4f}" if t.value is not None else "-"
         # A running trial's epochs so far, of those it planned (its history grows per epoch).
         epochs = (
             epochs_text(t, max_epochs)
             if t.state == TrialState.RUNNING
-            else t.user_attrs.get("epochs", "-")
+            else _or(record.epochs, "-")
         )
         print(
             f"{t.number:>5}  {t.state.name:<8} {value:>8} {epochs:>6}"
-            f" {t.user_attrs.get('seconds', '-'):>8}  {t.user_attrs.get('origin', '-'):<15}"
+            f" {_or(record.seconds, '-'):>8}  {_or(record.origin, '-'):<15}"
             f" {trial_note(t)}"
         )
     print(describe_best(study_name, storage))
@@ -93,7 +75,7 @@ def status_json(
 
 def _study_json(study: optuna.Study) -> dict[str, Any]:
     state = progress(study)
-    definition = study.user_attrs.get("definition", {})
+    definition = StudyRecord.of(study).definition or {}
     return {
         "study_name": study.study_name,
         "direction": study.direction.name.lower(),
@@ -110,6 +92,8 @@ def _trial_json(t: FrozenTrial) -> dict[str, Any]:
     def when(d):
         return d.isoformat() if d is not None else None
 
+    record = TrialRecord.of(t)
+
     return {
         "number": t.number,
         "state": t.state.name.lower(),
@@ -117,8 +101,8 @@ def _trial_json(t: FrozenTrial) -> dict[str, Any]:
         "params": t.params,
         "datetime_start": when(t.datetime_start),
         "datetime_complete": when(t.datetime_complete),
-        **{key: t.user_attrs[key] for key in JSON_ATTRS if key in t.user_attrs},
-        "retry_of": t.system_attrs.get("failed_trial"),
+        **record.status_attrs(),
+        "retry_of": record.retry_of,
     }
 
 
@@ -128,17 +112,18 @@ def describe_best(study_name: str, storage: optuna.storages.BaseStorage) -> str:
     best = progress(study).best
     if best is None:
         return f"study {study_name!r} has no completed trial yet"
-    metric = study.user_attrs.get("metric", "value")
+    metric = StudyRecord.of(study).metric or "value"
+    record = TrialRecord.of(best)
     lines = [
         f"best trial of {study_name!r}: #{best.number}"
-        + (f" ({best.user_attrs['baseline']})" if "baseline" in best.user_attrs else "")
-        + (f", from the {best.user_attrs['origin']}" if "origin" in best.user_attrs else ""),
-        f"  {metric} {best.value:.4f} at epoch {best.user_attrs.get('best_epoch', '?')}"
-        f" of {best.user_attrs.get('epochs', '?')}, {best.user_attrs.get('n_params', '?')}"
-        f" parameters, {best.user_attrs.get('seconds', '?')} s"
+        + (f" ({record.baseline})" if record.baseline is not None else "")
+        + (f", from the {record.origin}" if record.origin is not None else ""),
+        f"  {metric} {best.value:.4f} at epoch {_or(record.best_epoch, '?')}"
+        f" of {_or(record.epochs, '?')}, {_or(record.n_params, '?')}"
+        f" parameters, {_or(record.seconds, '?')} s"
         + (
-            f" ({deadline_note(best.user_attrs[DEADLINE_ATTR])})"
-            if DEADLINE_ATTR in best.user_attrs
+            f" ({deadline_note(record.stopped_at_deadline)})"
+            if record.stopped_at_deadline is not None
             else ""
         ),
         "  params: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()),
@@ -152,34 +137,39 @@ def _load(study_name: str, storage: optuna.storages.BaseStorage) -> optuna.Study
 
 def trial_note(t: FrozenTrial) -> str:
     """A trial's baseline name, whether it retries another, where it runs, why it failed."""
+    record = TrialRecord.of(t)
     notes = []
-    if "baseline" in t.user_attrs:
-        notes.append(t.user_attrs["baseline"])
-    if "failed_trial" in t.system_attrs:
-        resumed = t.user_attrs.get("resumed_from") or {}
+    if record.baseline is not None:
+        notes.append(record.baseline)
+    if record.retry_of is not None:
+        resumed = record.resumed_from
         went_on = (
-            f" from #{resumed['trial']}'s epoch {resumed['epoch']}"
-            if resumed.get("trial") is not None
+            f" from #{resumed.trial}'s epoch {resumed.epoch}"
+            if resumed is not None and resumed.trial is not None
             else ""
         )
-        notes.append(f"retry of #{t.system_attrs['failed_trial']}{went_on}")
-    if t.state == TrialState.RUNNING and "worker" in t.user_attrs:
+        notes.append(f"retry of #{record.retry_of}{went_on}")
+    if t.state == TrialState.RUNNING and record.worker is not None:
         # host:pid, and the SLURM array task (the %A_%a of its log) where there is one.
-        notes.append(f"on {t.user_attrs['worker']}")
+        notes.append(f"on {record.worker}")
     if t.state == TrialState.FAIL:
-        notes.append(t.user_attrs.get("fail_reason", "worker stopped heartbeating"))
-    if "pruned_reason" in t.user_attrs:
-        notes.append(t.user_attrs["pruned_reason"])
-    if DEADLINE_ATTR in t.user_attrs:
-        notes.append(deadline_note(t.user_attrs[DEADLINE_ATTR]))
-    elif PLAN_NOTE_ATTR in t.user_attrs:
-        notes.append(t.user_attrs[PLAN_NOTE_ATTR])
+        notes.append(_or(record.fail_reason, "worker stopped heartbeating"))
+    if record.pruned_reason is not None:
+        notes.append(record.pruned_reason)
+    if record.stopped_at_deadline is not None:
+        notes.append(deadline_note(record.stopped_at_deadline))
+    elif record.plan_note is not None:
+        notes.append(record.plan_note)
     return "; ".join(notes)
 
 
-def deadline_note(stopped: dict[str, int]) -> str:
+def deadline_note(stopped: StoppedAtDeadline) -> str:
     """ "stopped at the deadline after 8 of 10 epochs" (its best epoch is its value)."""
-    return f"stopped at the deadline after {stopped['epochs']} of {stopped['planned']} epochs"
+    return f"stopped at the deadline after {stopped.epochs} of {stopped.planned} epochs"
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _short(value: object) -> str:

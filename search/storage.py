@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages._rdb import models
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -128,11 +128,21 @@ def open_storage(
             raise StorageError(f"storage URL {redact(url)}: driver missing ({e})") from None
 
 
+def params_fixed(trial: FrozenTrial) -> bool:
+    """Whether the trial's params were fixed before it ran: queued by `enqueue_trial`.
+
+    Optuna keeps them in the private system attribute "fixed_params" (its queue has no
+    public reader); `search.prior` asks before it samples.
+    """
+    return "fixed_params" in trial.system_attrs
+
+
 class _Storage(optuna.storages.RDBStorage):
     """Optuna's RDB storage, with two holes of its heartbeats and one of its queue closed.
 
     This is the one place that uses Optuna's private API (`optuna.storages._rdb.models`, the
-    tables, and `_get_stale_trial_ids`), each for an Optuna behaviour named below.
+    tables, `_get_stale_trial_ids`, and the system attribute read by `params_fixed`), each for
+    an Optuna behaviour named below.
 
     Optuna records heartbeats in a thread that dies at its first error (the traceback in
     optuna#4994), so a database restart of a second would leave every running trial without

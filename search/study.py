@@ -20,14 +20,17 @@ from search.config import ConfigError, StudyConfig, from_dict, with_legacy_defau
 from search.prior import (
     BASELINE,
     EXPORT,
-    ORIGIN_ATTR,
     PRIOR_CENTRE,
     PriorError,
     PriorSampler,
     resolve_prior,
 )
-
-DEFINITION_ATTR = "definition"
+from search.record import (
+    StudyRecord,
+    queued_attrs,
+    write_definition,
+    write_description,
+)
 
 
 class StudyError(ValueError):
@@ -142,25 +145,28 @@ def create_study(
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=config.name, storage=storage)
         _check_same_study(study, config)
-        study.set_user_attr(DEFINITION_ATTR, config.to_dict())
+        write_definition(study, config.to_dict())
         return study, False
     if prior_centre is not None:
-        study.enqueue_trial(prior_centre, user_attrs={ORIGIN_ATTR: PRIOR_CENTRE})
+        study.enqueue_trial(prior_centre, user_attrs=queued_attrs(PRIOR_CENTRE))
     if config.trials.enqueue_baselines:
         for name, params in baselines.items():
-            study.enqueue_trial(params, user_attrs={ORIGIN_ATTR: BASELINE, "baseline": name})
+            study.enqueue_trial(params, user_attrs=queued_attrs(BASELINE, baseline=name))
     # The dashboard then labels the value "val_accuracy", not "Objective 0".
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([config.study.metric])
-    study.set_user_attr("space", config.study.space)
-    study.set_user_attr("dataset", config.data.dataset)
-    study.set_user_attr("metric", config.study.metric)
-    study.set_user_attr("sampler", _describe_sampler(config, space))
-    study.set_user_attr("pruner", _describe_pruner(config))
-    study.set_user_attr("search_version", __version__)
+    write_description(
+        study,
+        space=config.study.space,
+        dataset=config.data.dataset,
+        metric=config.study.metric,
+        sampler=_describe_sampler(config, space),
+        pruner=_describe_pruner(config),
+        version=__version__,
+    )
     # Written last: a worker that sees the definition sees a complete study.
-    study.set_user_attr(DEFINITION_ATTR, config.to_dict())
+    write_definition(study, config.to_dict())
     return study, True
 
 
@@ -174,7 +180,7 @@ def enqueue_exported(study: optuna.Study, params_by_source: dict[str, dict]) -> 
     before = len(study.get_trials(deepcopy=False))
     for source, params in params_by_source.items():
         study.enqueue_trial(
-            params, user_attrs={ORIGIN_ATTR: EXPORT, "enqueued_from": source}, skip_if_exists=True
+            params, user_attrs=queued_attrs(EXPORT, enqueued_from=source), skip_if_exists=True
         )
     return len(study.get_trials(deepcopy=False)) - before
 
@@ -206,7 +212,7 @@ def load_definition(
     deadline = time.monotonic() + wait_seconds
     while True:
         study = open_study(study_name, storage)
-        definition = study.user_attrs.get(DEFINITION_ATTR)
+        definition = StudyRecord.of(study).definition
         if definition is not None:
             try:
                 return from_dict(
@@ -223,7 +229,7 @@ def load_definition(
 
 
 def _check_same_study(study: optuna.Study, config: StudyConfig) -> None:
-    stored = study.user_attrs.get(DEFINITION_ATTR)
+    stored = StudyRecord.of(study).definition
     if stored is None:
         raise StudyError(
             f"study {config.name!r} exists but was not created by search (no definition);"

@@ -26,8 +26,8 @@ from search.budget import progress
 from search.checkpoints import open_store, prune_kept
 from search.data import Dataset
 from search.device import configure_device
-from search.export import CLASS_NAMES_ATTR
 from search.failures import check_failures, reap, requeue
+from search.record import StudyRecord, write_class_names
 from search.settings import Settings
 from search.study import load_definition, make_pruner, make_sampler
 
@@ -183,9 +183,9 @@ def run_worker(
             f" ({len(data.train)} train, {len(data.val)} validation images);"
             f" training on {describe_device()}"
         )
-        if CLASS_NAMES_ATTR not in study.user_attrs:
+        if StudyRecord.of(study).class_names is None:
             # What the models' outputs mean, for exports (and their kept models) to carry.
-            study.set_user_attr(CLASS_NAMES_ATTR, list(data.class_names))
+            write_class_names(study, list(data.class_names))
         store = open_store(settings.checkpoints)
         keep = settings.keep_best
         objective = Objective(

@@ -31,7 +31,8 @@ from benchmarks.efficiency import (
 )
 from benchmarks.report import write_efficiency_report
 from search.config import from_dict
-from search.prior import BASELINE, ORIGIN_ATTR, PRIOR_CENTRE
+from search.prior import BASELINE, PRIOR_CENTRE
+from search.record import TrialWriter
 from search.study import create_study, make_pruner, make_sampler, study_prior
 from spaces import conv
 
@@ -315,7 +316,7 @@ def test_centre_trains_the_prior_centre_alone_on_all_cores(tmp_path):
     study, config = _created(run)
     queued = _asked(study)
     assert [t.params for t in queued] == [study_prior(config)[1]]
-    assert queued[0].user_attrs[ORIGIN_ATTR] == PRIOR_CENTRE
+    assert TrialWriter(queued[0]).record().origin == PRIOR_CENTRE
     # Then nothing else: the budget is that one trial, unpruned, trained as `search` does.
     assert config.trials.n_trials == 1
     assert isinstance(make_pruner(config), optuna.pruners.NopPruner)
@@ -327,14 +328,15 @@ def test_notebook_trains_its_models_in_its_order_and_nothing_else(tmp_path):
     run = _contestant(tmp_path, "notebook")
     study, config = _created(run)
     queued = _asked(study)
-    assert [t.user_attrs["baseline"] for t in queued] == [
+    records = [TrialWriter(t).record() for t in queued]
+    assert [r.baseline for r in records] == [
         "model_a",
         "model_b",
         "model_c",
         "model_d",
     ]
     assert [t.params for t in queued] == list(conv.BASELINES.values())
-    assert {t.user_attrs[ORIGIN_ATTR] for t in queued} == {BASELINE}
+    assert {r.origin for r in records} == {BASELINE}
     assert config.trials.n_trials == len(conv.BASELINES)
     assert isinstance(make_pruner(config), optuna.pruners.NopPruner)
     assert config.trials.max_epochs == NOTEBOOK_EPOCHS

@@ -37,6 +37,7 @@ from search.checkpoints import (
     load_checkpoint,
     open_store,
 )
+from search.record import Resumed, TrialRecord
 from search.storage import open_storage
 
 pytestmark = pytest.mark.slow
@@ -165,11 +166,12 @@ def test_a_killed_trial_goes_on_from_its_last_epoch(
         (whole,) = _trials(storage, "u")
     assert killed.state == TrialState.FAIL
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
-    assert retry.system_attrs["failed_trial"] == 0
+    killed_record, record = TrialRecord.of(killed), TrialRecord.of(retry)
+    assert record.retry_of == 0
     # Killed after epoch 3 (or a later one, see `_kill_after_checkpoint`), before the end.
     assert 3 <= killed_at < EPOCHS
-    assert retry.user_attrs["resumed_from"] == {"trial": 0, "epoch": killed_at}
-    assert retry.user_attrs["restarted"] is None
+    assert record.resumed_from == Resumed(trial=0, epoch=killed_at)
+    assert record.restarted is None
     # The retry's curve has every epoch once; those before the kill are the killed trial's.
     assert sorted(retry.intermediate_values) == list(range(1, EPOCHS + 1))
     before = range(1, killed_at + 1)
@@ -177,24 +179,24 @@ def test_a_killed_trial_goes_on_from_its_last_epoch(
         killed.intermediate_values[e] for e in before
     ]
     # Epochs trained in all: the killed trial's finished ones, the one it was in, the retry's.
-    trained = len(killed.user_attrs["history"]["loss"]) + 1 + retry.user_attrs["epochs_trained"]
-    assert retry.user_attrs["epochs_trained"] == EPOCHS - killed_at and trained <= EPOCHS + 1
+    trained = killed_record.epochs_done + 1 + record.epochs_trained
+    assert record.epochs_trained == EPOCHS - killed_at and trained <= EPOCHS + 1
     # It ends where an uninterrupted run ends (accuracy within half a point).
-    last = retry.user_attrs["history"]["val_accuracy"][-1]
-    uninterrupted = whole.user_attrs["history"]["val_accuracy"][-1]
+    last = record.history["val_accuracy"][-1]
+    uninterrupted = TrialRecord.of(whole).history["val_accuracy"][-1]
     assert abs(last - uninterrupted) <= 0.005, (last, uninterrupted)
     # Both attempts' checkpoints are gone; the completed trial kept its best epoch's model,
     # which scores the validation split as that epoch did.
     assert store.keys("t/checkpoints/") == []
     assert kept_numbers(store, "t") == [retry.number]
-    epoch = retry.user_attrs["kept_epoch"]
-    assert retry.user_attrs["history"][metric][epoch - 1] == pytest.approx(retry.value)
+    epoch = record.kept_epoch
+    assert record.history[metric][epoch - 1] == pytest.approx(retry.value)
     kept = tmp_path / "kept.keras"
     assert store.get(kept_key("t", retry.number), kept)
     # Nothing went to the default folder.
     assert not (tmp_path / "runs").exists()
     accuracy = _validation_accuracy(kept, train_subset=TRAIN)
-    assert abs(accuracy - retry.user_attrs["history"]["val_accuracy"][epoch - 1]) <= 1e-4
+    assert abs(accuracy - record.history["val_accuracy"][epoch - 1]) <= 1e-4
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])
@@ -213,11 +215,12 @@ def test_a_damaged_checkpoint_starts_the_retry_again_with_the_reason(
     _finish(_worker(study, storage, tmp_path))
     _, retry = _trials(storage)
     assert retry.state == TrialState.COMPLETE
-    assert retry.user_attrs["resumed_from"] == {"trial": None, "epoch": 0}
+    record = TrialRecord.of(retry)
+    assert record.resumed_from == Resumed(trial=None, epoch=0)
     expected = "trial 0's checkpoint is unusable" if damage == "corrupt" else "trial 0 left no"
-    assert retry.user_attrs["restarted"].startswith(expected)
-    assert retry.user_attrs["restarted"].endswith("started from epoch 1")
-    assert retry.user_attrs["epochs_trained"] == 2
+    assert record.restarted.startswith(expected)
+    assert record.restarted.endswith("started from epoch 1")
+    assert record.epochs_trained == 2
 
 
 def test_a_study_keeps_its_best_models_exports_them_and_shows_them(study_run, tmp_path):

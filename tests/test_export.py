@@ -10,6 +10,7 @@ from conftest import STUDY_RUN_TRAIN, run_search
 from optuna.trial import TrialState
 
 from search.export import FORMAT, read_export
+from search.record import StudyRecord, TrialRecord
 from search.storage import open_storage
 from spaces import dense
 
@@ -35,7 +36,7 @@ def test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them(study_
     assert bundle["format"] == FORMAT and bundle["study"] == s.name
     assert bundle["metric"] == "val_accuracy" and bundle["direction"] == "maximize"
     # The definition (space, data section, seeds, budget) as the study recorded it.
-    assert bundle["definition"] == study.user_attrs["definition"]
+    assert bundle["definition"] == StudyRecord.of(study).definition
     assert bundle["definition"]["data"]["train_subset"] == STUDY_RUN_TRAIN
     assert set(bundle["versions"]) == {"python", "tensorflow", "keras", "optuna", "search"}
     for entry, trial in zip(bundle["trials"], ranked, strict=True):
@@ -47,8 +48,9 @@ def test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them(study_
             for name, d in entry["distributions"].items()
         }
         assert distributions == trial.distributions
+        record = TrialRecord.of(trial)
         for key in ("best_epoch", "epochs", "seed", "threads", "n_params", "history"):
-            assert entry[key] == trial.user_attrs[key], key
+            assert entry[key] == getattr(record, key), key
     # What `search retrain` reads back passes its own checks.
     assert read_export(out).entry()["number"] == ranked[0].number
 

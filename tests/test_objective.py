@@ -11,6 +11,7 @@ from conftest import study_toml
 
 from search.config import from_dict
 from search.objective import Objective, PruningReporter
+from search.record import FailureKind, TrialRecord
 from search.training import Horizon, fit, learning_rate_callbacks
 from spaces import dense
 
@@ -33,7 +34,7 @@ def test_reporter_reports_every_epoch_and_records_history(small_data):
     frozen = study._storage.get_trial(trial._trial_id)
     # One report per epoch, steps counting epochs from 1.
     assert sorted(frozen.intermediate_values) == [1, 2, 3]
-    history = frozen.user_attrs["history"]
+    history = TrialRecord.of(frozen).history
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert history["val_accuracy"] == [frozen.intermediate_values[s] for s in (1, 2, 3)]
 
@@ -56,18 +57,19 @@ def test_objective_records_the_trial_and_returns_the_best_epoch(small_data):
     study = optuna.create_study(direction="maximize")
     study.optimize(Objective(config, dense, small_data), n_trials=1)
     t = study.trials[0]
+    record = TrialRecord.of(t)
     assert t.state == optuna.trial.TrialState.COMPLETE
-    curve = t.user_attrs["history"]["val_accuracy"]
+    curve = record.history["val_accuracy"]
     assert t.value == max(curve)
-    assert t.user_attrs["best_epoch"] == curve.index(max(curve)) + 1
-    assert t.user_attrs["epochs"] == 3 and t.user_attrs["seconds"] > 0
+    assert record.best_epoch == curve.index(max(curve)) + 1
+    assert record.epochs == 3 and record.seconds > 0
     assert (
-        t.user_attrs["n_params"]
+        record.n_params
         == dense.build(
             dense.suggest(optuna.trial.FixedTrial(t.params)), (28, 28, 1), 10
         ).count_params()
     )
-    assert t.user_attrs["seed"] == config.study.seed + t.number
+    assert record.seed == config.study.seed + t.number
 
 
 def test_nan_loss_fails_the_trial_with_a_reason_and_the_worker_goes_on(small_data):
@@ -75,7 +77,8 @@ def test_nan_loss_fails_the_trial_with_a_reason_and_the_worker_goes_on(small_dat
     study.optimize(Objective(_config(max_epochs=2), toy_spaces, small_data), n_trials=2)
     first, second = study.trials
     assert first.state == optuna.trial.TrialState.FAIL
-    assert "not finite" in first.user_attrs["fail_reason"]
+    record = TrialRecord.of(first)
+    assert "not finite" in record.fail_reason and record.failure == FailureKind.DIVERGED
     assert second.state == optuna.trial.TrialState.COMPLETE
 
 

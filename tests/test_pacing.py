@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from search import pacing, supervisor, worker
 from search.config import from_dict
 from search.objective import Objective
+from search.record import FailureKind, StoppedAtDeadline, TrialRecord, TrialWriter
 from spaces import compile_model, dense
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -51,14 +52,15 @@ def test_a_trial_plans_the_epochs_that_fit_before_the_deadline(small_data):
     study = _study()
     study.optimize(Objective(config, dense, small_data, deadline=deadline, log=lines.append), 1)
     t = study.trials[0]
+    record = TrialRecord.of(t)
     # It planned fewer epochs, trained exactly those, and ended before the deadline.
     assert t.state == TrialState.COMPLETE
-    assert 1 < t.user_attrs["planned_epochs"] < 1000
-    assert t.user_attrs["epochs"] == t.user_attrs["planned_epochs"]
+    assert 1 < record.planned_epochs < 1000
+    assert record.epochs == record.planned_epochs
     assert t.datetime_complete.timestamp() < deadline
-    assert "the run's time limit" in t.user_attrs["plan_note"]
+    assert "the run's time limit" in record.plan_note
     # The worker's log has a line per epoch, "n of planned".
-    planned = t.user_attrs["planned_epochs"]
+    planned = record.planned_epochs
     epoch_lines = [line for line in lines if line.startswith("trial 0 epoch ")]
     assert len(epoch_lines) == planned and epoch_lines[-1].startswith(f"trial 0 epoch {planned}/")
 
@@ -69,8 +71,9 @@ def test_trial_minutes_bounds_a_trial_without_a_deadline(small_data):
     start = time.monotonic()
     study.optimize(Objective(config, dense, small_data, log=lambda _: None), n_trials=1)
     t = study.trials[0]
-    assert t.state == TrialState.COMPLETE and t.user_attrs["planned_epochs"] < 1000
-    assert "its trial_minutes" in t.user_attrs["plan_note"]
+    record = TrialRecord.of(t)
+    assert t.state == TrialState.COMPLETE and record.planned_epochs < 1000
+    assert "its trial_minutes" in record.plan_note
     # 6 seconds of budget; the first epoch also builds the model.
     assert time.monotonic() - start < 6 + 10
 
@@ -89,14 +92,14 @@ def test_a_trial_stopped_by_the_deadline_completes_with_its_best_epoch(small_dat
         timer.cancel()
     stopped_after = time.time() - deadline
     t = study.trials[0]
-    curve = t.user_attrs["history"]["val_accuracy"]
+    record = TrialRecord.of(t)
+    curve = record.history["val_accuracy"]
     # Complete, valued by its best epoch so far, and saying how far it got.
     assert t.state == TrialState.COMPLETE and t.value == max(curve)
-    assert t.user_attrs["stopped_at_deadline"] == {
-        "epochs": len(curve),
-        "planned": t.user_attrs["planned_epochs"],
-    }
-    assert len(curve) < t.user_attrs["planned_epochs"]
+    assert record.stopped_at_deadline == StoppedAtDeadline(
+        epochs=len(curve), planned=record.planned_epochs
+    )
+    assert len(curve) < record.planned_epochs
     # Stopped between batches, not at the end of an epoch or later.
     assert stopped_after < 3
 
@@ -138,8 +141,9 @@ def test_an_epoch_far_slower_than_the_studys_typical_one_is_pruned_as_too_costly
     assert fast.state == TrialState.COMPLETE
     # Cut in its first epoch, as pruned (the sampler ranks it below any reported value).
     assert slow.state == TrialState.PRUNED and not slow.intermediate_values
-    assert slow.user_attrs["pruned_reason"].startswith("too costly: epoch 1 projected at")
-    assert "max_epoch_ratio 8" in slow.user_attrs["pruned_reason"]
+    reason = TrialRecord.of(slow).pruned_reason
+    assert reason.startswith("too costly: epoch 1 projected at")
+    assert "max_epoch_ratio 8" in reason
     assert any("too costly" in line for line in lines)
 
 
@@ -164,14 +168,16 @@ def test_a_worker_that_ignores_sigterm_is_killed_and_its_trial_requeued(tmp_path
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     import socket
 
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{hung.pid}")
+    TrialWriter(trial).set_worker(f"{socket.gethostname()}:{hung.pid}")
     said = []
     supervisor._stop(study, [hung], said.append)
     # Killed, and its trial failed with the reason and queued again with its params.
     assert hung.returncode == -9
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
-    assert trials[0].user_attrs["fail_reason"].startswith("killed: its worker did not stop")
+    failed = TrialRecord.of(trials[0])
+    assert failed.fail_reason.startswith("killed: its worker did not stop")
+    assert failed.failure == FailureKind.KILLED
     assert trials[1].params == trials[0].params
     assert said == ["1 worker killed; trials [0] failed and queued again"]
 
@@ -188,12 +194,11 @@ def test_status_and_progress_show_a_running_trials_epoch_of_its_plan(tmp_path, c
     study, _ = create_study(config, storage, {})
     trial = study.ask()
     # What a trial writes after its 3rd epoch, having planned 7.
-    trial.set_user_attr("planned_epochs", 7)
-    trial.set_user_attr("epoch_seconds", [30.0, 28.0, 29.0])
-    trial.set_user_attr(
-        "history",
-        {k: [0.5, 0.8, 0.7] for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
-    )
+    writer = TrialWriter(trial)
+    writer.set_plan(7)
+    writer.set_epoch_times([1.0, 2.0, 3.0], [30.0, 28.0, 29.0])
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    writer.set_history({k: [0.5, 0.8, 0.7] for k in keys})
     print_status(storage, "t")
     row = next(line for line in capsys.readouterr().out.splitlines() if "RUNNING" in line)
     assert " 3/7 " in row

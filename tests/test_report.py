@@ -13,6 +13,8 @@ import pytest
 from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, run_search
 from optuna.trial import TrialState
 
+from search.record import FailureKind, TrialWriter
+
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SECTIONS = (
@@ -43,7 +45,7 @@ def report(study_run, retrained_best, tmp_path_factory) -> tuple[Path, list, dic
     # A plain storage: heartbeats are for trials that `optimize` runs.
     study = optuna.load_study(study_name=study_run.name, storage=storage)
     trial = study.ask()
-    trial.set_user_attr("fail_reason", FAIL_REASON)
+    TrialWriter(trial).set_failure(FailureKind.DIVERGED, FAIL_REASON)
     study.tell(trial, state=TrialState.FAIL)
     result = run_search(
         "report",

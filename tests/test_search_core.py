@@ -20,6 +20,7 @@ from search.prior import (
     best_so_far,
     resolve_prior,
 )
+from search.record import TrialRecord, write_definition
 from search.study import create_study, make_pruner, make_sampler, study_prior
 from spaces import conv
 
@@ -93,7 +94,7 @@ def test_the_first_trial_is_the_priors_centre():
     _, centre = resolve_prior(conv, {}, source="test")
     conv.suggest(trial)
     assert trial.params == centre
-    assert study.trials[0].user_attrs["origin"] == PRIOR_CENTRE
+    assert TrialRecord.of(study.trials[0]).origin == PRIOR_CENTRE
 
 
 def test_prior_centres_from_the_study_replace_the_spaces():
@@ -222,14 +223,14 @@ def test_a_study_stored_before_priors_resumes_as_it_ran():
 def test_a_study_stored_with_heartbeat_settings_loads_and_resumes():
     # Definitions stored when heartbeats were study settings carry them; they are storage
     # options now, and such a study resumes from a study file without them.
-    from search.study import DEFINITION_ATTR, load_definition
+    from search.study import load_definition
 
     storage = optuna.storages.InMemoryStorage()
     config = _config(prior=False)
     study, _ = create_study(config, storage, {})
     stored = config.to_dict()
     stored["trials"] |= {"heartbeat_interval": 10, "grace_period": 60}
-    study.set_user_attr(DEFINITION_ATTR, stored)
+    write_definition(study, stored)
     assert load_definition(config.name, storage) == config
     _, created = create_study(config, storage, {})
     assert created is False

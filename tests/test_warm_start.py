@@ -9,6 +9,7 @@ import pytest
 from conftest import run_search
 from optuna.trial import TrialState
 
+from search.record import TrialRecord
 from search.storage import open_storage
 
 pytestmark = pytest.mark.slow
@@ -49,10 +50,9 @@ def test_enqueued_trials_run_first_and_once(retrained_best, tmp_path, write_stud
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     # The export's trials, best first, are the study's first trials; the sampler goes on.
     assert [t.params for t in trials[:2]] == [e["params"] for e in exported]
-    assert [t.user_attrs["enqueued_from"] for t in trials[:2]] == [
-        f"{export}#{e['number']}" for e in exported
-    ]
-    assert "enqueued_from" not in trials[2].user_attrs
+    records = [TrialRecord.of(t) for t in trials]
+    assert [r.enqueued_from for r in records[:2]] == [f"{export}#{e['number']}" for e in exported]
+    assert records[2].enqueued_from is None
 
 
 def _break(bundle: dict, what: str) -> dict:
