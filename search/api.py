@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from search.config import (
     ConfigError,
@@ -43,6 +43,7 @@ from search.config import (
 from search.data import DataError
 from search.errors import USER_ERRORS
 from search.export import Export, ExportError
+from search.record import TrialRecord
 from search.settings import Settings
 from search.study import StudyError
 
@@ -447,19 +448,20 @@ class Study:
 
     # --- reading -------------------------------------------------------------------
 
-    def trials(self, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
-        """The study's trials, oldest first (`states`: only those)."""
-        return self.optuna.get_trials(deepcopy=False, states=states)
+    def trials(self, states: Sequence[TrialState] | None = None) -> list[TrialRecord]:
+        """The study's trials, oldest first (`states`: only those), each a `TrialRecord`:
+        its state, value, params, history per epoch, best epoch, seed, origin, failure..."""
+        return [TrialRecord.of(t) for t in self.optuna.get_trials(deepcopy=False, states=states)]
 
-    def best_trials(self, k: int = 1) -> list[FrozenTrial]:
+    def best_trials(self, k: int = 1) -> list[TrialRecord]:
         """The `k` best completed trials, best first."""
         from search.ranking import ranked_trials
 
-        complete = self.trials(states=(TrialState.COMPLETE,))
-        return ranked_trials(complete, self.config.direction)[:k]
+        complete = self.optuna.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return [TrialRecord.of(t) for t in ranked_trials(complete, self.config.direction)[:k]]
 
     @property
-    def best_trial(self) -> FrozenTrial:
+    def best_trial(self) -> TrialRecord:
         """The best completed trial.
 
         Raises:
@@ -469,6 +471,15 @@ class Study:
         if not best:
             raise ExportError(f"study {self.name!r} has no completed trial yet")
         return best[0]
+
+    def config_of(self, number: int) -> dict[str, Any]:
+        """A trial's config: its params replayed through the space's `suggest`, with the
+        study's fixed [space] options: what `build` was given."""
+        from spaces import load_space
+
+        space = load_space(self.config.study.space)
+        params = self.optuna.trials[number].params
+        return self.config.space_config(space, space.suggest(optuna.trial.FixedTrial(params)))
 
     def best_model(self, number: int | None = None) -> Any:
         """A completed trial's kept best-epoch model (default: the best trial's), a

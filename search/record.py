@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -167,6 +167,10 @@ class TrialRecord:
 
     number: int
     state: TrialState
+    # Optuna's own: the trial's value (its best epoch's metric; None until it completes) and
+    # its params.
+    value: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
     epoch_end: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
@@ -209,7 +213,8 @@ class TrialRecord:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
             retry_history = tuple(RetryHeartbeatStaleTrialCallback.retry_history(trial))
-        return cls._read(trial.number, trial.state, trial.user_attrs, retry_of, retry_history)
+        record = cls._read(trial.number, trial.state, trial.user_attrs, retry_of, retry_history)
+        return replace(record, value=trial.value, params=dict(trial.params))
 
     @classmethod
     def _read(

@@ -73,6 +73,12 @@ def test_the_example_tunes_arrays_in_a_notebook_and_the_cli_resumes_it(tmp_path,
     finished = [t for t in study.trials() if t.state.is_finished()]
     assert len(finished) >= 5
     assert all(t.state != optuna.trial.TrialState.FAIL for t in finished)
+    # Results read back as typed records: values, params, a history per epoch.
+    best = study.best_trial
+    assert best.value == max(t.value for t in finished if t.value is not None)
+    assert best.value == max(best.history["val_accuracy"])
+    assert best.best_epoch == best.history["val_accuracy"].index(best.value) + 1
+    assert set(study.config_of(best.number)) >= {"units", "learning_rate", "batch_size"}
     assert study.config.study.space.startswith("pickle:")
     assert study.config.data.dataset.startswith("npz:")
 
