@@ -149,6 +149,8 @@ def test_what_a_trial_writes_reads_back_under_the_same_keys():
     assert record == TrialRecord(
         number=0,
         state=TrialState.COMPLETE,
+        value=0.6,
+        params=frozen.params,
         history=HISTORY,
         epoch_end=[100.0, 110.0],
         epoch_seconds=[10.0, 9.5],
