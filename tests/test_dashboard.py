@@ -28,6 +28,8 @@ from pgserver import PostgresServer
 from search.checkpoints import FolderStore, kept_numbers
 from search.config import load_config
 from search.dashboard import PROXY_SECTION
+from search.prior import BASELINE
+from search.record import TrialRecord, queued_attrs
 from search.storage import open_storage
 from search.study import create_study
 
@@ -106,7 +108,7 @@ def finished_study(url: str, tmp_path: Path) -> optuna.Study:
     _, study = new_study(
         url, tmp_path, name="fashion-dense", n_trials=len(CURVES), max_epochs=MAX_EPOCHS
     )
-    study.enqueue_trial({"n_layers": 2}, user_attrs={"baseline": "model_0"})
+    study.enqueue_trial({"n_layers": 2}, user_attrs=queued_attrs(BASELINE, baseline="model_0"))
 
     def objective(trial: optuna.Trial) -> float:
         trial.suggest_int("n_layers", 1, 4)
@@ -312,4 +314,4 @@ def test_browser_watches_a_real_run_whose_workers_never_lock(tmp_path: Path, pag
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == n_trials
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert all("budget was claimed" in t.user_attrs.get("fail_reason", "") for t in failed)
+    assert all("budget was claimed" in TrialRecord.of(t).fail_reason for t in failed)

@@ -15,6 +15,7 @@ from pgserver import PostgresServer
 from slurmcluster import SlurmCluster, unavailable
 
 from search.cli import main
+from search.record import FailureKind, TrialRecord
 from search.status import print_status
 from search.storage import open_storage
 
@@ -68,9 +69,9 @@ def test_a_job_array_runs_the_study_and_a_requeued_task_trial_resumes(tmp_path, 
                         len(t.intermediate_values) == 1
                         and (checkpoints / f"trial-{t.number}.npz").exists()
                     ):
-                        task = t.user_attrs["worker"].split(" slurm ")[1]
+                        task = TrialRecord.of(t).worker.split(" slurm ")[1]
                         slurm.run("scontrol", "requeue", task)
-                        requeued = (task, t.number, t.params, t.user_attrs["worker"])
+                        requeued = (task, t.number, t.params, TrialRecord.of(t).worker)
                         break
             elif jobs.get(requeued[0]) == "PD" and not released:
                 # SLURM holds a requeued job for two minutes (its BeginTime): start it now.
@@ -100,12 +101,12 @@ def test_a_job_array_runs_the_study_and_a_requeued_task_trial_resumes(tmp_path, 
     # The requeued task's worker stopped its trial on SIGTERM and queued it again...
     stopped = trials[number]
     assert stopped.state == TrialState.FAIL
-    assert stopped.user_attrs["fail_reason"].startswith("Interrupted"), stopped.user_attrs
+    assert TrialRecord.of(stopped).failure == FailureKind.INTERRUPTED, stopped.user_attrs
     # ...and its one retry went on from the stopped trial's checkpoint to the end.
-    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+    (retry,) = [t for t in trials if TrialRecord.of(t).retry_of == number]
     assert retry.params == params and retry.state in DONE
-    assert retry.user_attrs["resumed_from"]["trial"] == number
-    assert retry.user_attrs["resumed_from"]["epoch"] >= 1
+    resumed = TrialRecord.of(retry).resumed_from
+    assert resumed.trial == number and resumed.epoch >= 1
 
 
 PG = "postgresql+psycopg://search@db.example.org:5432/search"

@@ -8,7 +8,8 @@ import keras
 import optuna
 import pytest
 
-from search.prior import resolve_prior
+from search.prior import BASELINE, resolve_prior
+from search.record import queued_attrs
 from spaces import SpaceError, conv, conv_plus, dense, load_space, transfer
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -58,7 +59,7 @@ def test_every_baseline_and_the_prior_centre_are_points_the_space_draws(space):
     starting_points = {**space.BASELINES, "prior centre": centre}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for name, params in starting_points.items():
-        study.enqueue_trial(params, user_attrs={"baseline": name})
+        study.enqueue_trial(params, user_attrs=queued_attrs(BASELINE, baseline=name))
     for name, params in starting_points.items():
         trial = study.ask()
         # An enqueued point is drawn exactly: every param used, none sampled instead...

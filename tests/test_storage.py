@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from search.record import TrialRecord
 from search.storage import open_storage
 
 GRACE = 2
@@ -36,7 +37,7 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_pat
     assert dead.state == TrialState.FAIL
     # Queued again once, with the same parameters, for the next worker to take.
     assert retry.state == TrialState.WAITING
-    assert retry.params == dead.params and retry.system_attrs["failed_trial"] == dead.number
+    assert retry.params == dead.params and TrialRecord.of(retry).retry_of == dead.number
 
 
 def test_a_trial_with_fresh_heartbeats_is_left_running(tmp_path):
