@@ -1,9 +1,13 @@
-"""Shared fixtures: the real Fashion-MNIST, study files on disk, the CLI in a subprocess."""
+"""Shared fixtures: the real Fashion-MNIST, study files on disk, the CLI in a subprocess or
+in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -199,10 +203,63 @@ def start_search(*args: str, cwd: Path, **popen: Any) -> subprocess.Popen:
 
 
 def run_search(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the `search` CLI to completion and capture its output."""
+    """Run the `search` CLI to completion in a new process and capture its output.
+
+    For what only a process shows: its exit status, signals, workers, its own start-up.
+    Elsewhere `search_here` runs the same command without a new TensorFlow start-up.
+    """
     return subprocess.run(
         search_cmd(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What `search_here` gives back: the fields of `run_search`'s CompletedProcess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def search_here(*args: str, cwd: Path) -> Ran:
+    """Run the `search` CLI to completion in this process, as `run_search` runs it in another.
+
+    `search.cli.main(ARGS)` in `cwd`, with `cli_env()`'s environment, its stdout and stderr
+    (Optuna's log lines included) captured; argparse's exits (--help, usage errors) give
+    their status. The environment, the working directory and Optuna's log level are put
+    back afterwards. `run` starts its workers as processes, as ever; not for commands that
+    train in their own process (retrain, worker, export --reevaluate: they set TensorFlow's
+    threads, which only a process where TensorFlow has not started yet may), nor where the
+    process is what is tested (its signals, its exit when killed).
+    """
+    import optuna
+
+    from search.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    # Optuna's own handler holds the stderr of the time it was made: send its lines here.
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(optuna.logging.create_default_formatter())
+    saved_env, saved_verbosity = dict(os.environ), optuna.logging.get_verbosity()
+    os.environ.clear()
+    os.environ.update(cli_env())
+    optuna.logging.disable_default_handler()
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out):
+            with contextlib.redirect_stderr(err):
+                try:
+                    code = main([str(a) for a in args])
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+        optuna.logging.enable_default_handler()
+        optuna.logging.set_verbosity(saved_verbosity)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 @dataclass(frozen=True)
@@ -242,7 +299,8 @@ def study_run(tmp_path_factory) -> FinishedStudy:
         )
         study.write_text(text)
         storage = f"sqlite:///{cwd / 'search.db'}"
-        result = run_search("run", study, "--workers", "2", "--storage", storage, cwd=cwd)
+        # The workers are processes; `run` itself runs in this one.
+        result = search_here("run", study, "--workers", "2", "--storage", storage, cwd=cwd)
         assert result.returncode == 0, result.stdout + result.stderr
         return {"cwd": str(cwd), "storage": storage, "output": result.stdout}
 
@@ -268,7 +326,7 @@ def retrained_best(study_run, tmp_path_factory) -> Retrained:
     s = study_run
 
     def make() -> dict:
-        result = run_search("export", s.name, "--top", "2", "--storage", s.storage, cwd=s.cwd)
+        result = search_here("export", s.name, "--top", "2", "--storage", s.storage, cwd=s.cwd)
         assert result.returncode == 0, result.stdout + result.stderr
         export = s.cwd / "runs" / s.name / "best.json"
         best = json.loads(export.read_text())["trials"][0]

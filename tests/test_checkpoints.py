@@ -21,8 +21,8 @@ from conftest import (
     STUDY_RUN_TRAIN,
     STUDY_RUN_VALIDATION,
     cli_env,
-    run_search,
     search_cmd,
+    search_here,
 )
 from optuna.trial import TrialState
 from pgserver import PostgresServer
@@ -238,13 +238,13 @@ def test_a_study_keeps_its_best_models_exports_them_and_shows_them(study_run, tm
     assert names == {f"trial-{t.number}-model.keras" for t in complete[:3]}
     # A trial without kept weights: exit 2, pointing at retrain, nothing written.
     out = tmp_path / "export" / "best.json"
-    refused = run_search(
+    refused = search_here(
         "export", "t", "--top", "4", "--weights", "-o", out, "--storage", s.storage, cwd=s.cwd
     )
     assert refused.returncode == 2 and "search retrain" in refused.stderr
     assert not out.parent.exists()
     # The best two, with their models beside the bundle.
-    exported = run_search(
+    exported = search_here(
         "export", "t", "--top", "2", "--weights", "-o", out, "--storage", s.storage, cwd=s.cwd
     )
     assert exported.returncode == 0, exported.stderr

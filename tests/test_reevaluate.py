@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_search
+from conftest import run_search, search_here
 from optuna.trial import TrialState
 
 from search.data import FASHION_MNIST_FILES, find_fashion_mnist
@@ -87,7 +87,7 @@ def test_reevaluated_export_ranks_by_mean_and_retrain_reports_it(study_run, reev
     assert f"mean over 2 other seeds: {winner['reevaluation']['mean']:.4f}" in result.stdout
 
     # The study's report shows the spread beside the winner's test accuracy.
-    result = run_search(
+    result = search_here(
         "report",
         s.name,
         "-o",

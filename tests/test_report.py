@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, run_search
+from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, search_here
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def report(study_run, retrained_best, tmp_path_factory) -> tuple[Path, list, dic
     trial = study.ask()
     trial.set_user_attr("fail_reason", FAIL_REASON)
     study.tell(trial, state=TrialState.FAIL)
-    result = run_search(
+    result = search_here(
         "report",
         study_run.name,
         "--storage",
@@ -118,14 +118,14 @@ def test_report_opens_in_chromium_with_every_section(report, browser):
 
 def test_report_of_an_empty_or_unknown_study_exits_2_and_writes_nothing(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    created = run_search("create", write_study(name="empty"), "--storage", storage, cwd=tmp_path)
+    created = search_here("create", write_study(name="empty"), "--storage", storage, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     for args, message in [
         (("empty",), "study 'empty' has no trials yet; nothing to report"),
         (("nope",), "no study named 'nope' in this storage"),
         (("empty", "--retrained", "missing"), "--retrained: missing: no such file or directory"),
     ]:
-        result = run_search("report", *args, "--storage", storage, cwd=tmp_path)
+        result = search_here("report", *args, "--storage", storage, cwd=tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
         assert message in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()

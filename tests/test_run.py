@@ -10,7 +10,7 @@ import time
 
 import optuna
 import pytest
-from conftest import run_search, start_search
+from conftest import run_search, search_here, start_search
 from optuna.trial import TrialState
 
 from search.storage import open_storage
@@ -73,7 +73,7 @@ def test_two_workers_run_a_pruned_study_to_its_budget(study_run):
     assert f"best trial of 't': #{best.number}" in s.output
     assert f"val_accuracy {best.value:.4f}" in s.output
     # status shows the same study.
-    status = run_search("status", "t", "--storage", s.storage, cwd=s.cwd)
+    status = search_here("status", "t", "--storage", s.storage, cwd=s.cwd)
     assert status.returncode == 0 and f"best trial of 't': #{best.number}" in status.stdout
 
 

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import optuna
 import pytest
-from conftest import run_search, study_toml
+from conftest import search_here, study_toml
 from optuna.trial import TrialState
 
 from search.storage import open_storage
@@ -120,7 +120,8 @@ def test_short_transfer_study_runs_through_the_cli(tmp_path, write_study):
         enqueue_baselines=True,
     )
     study = write_study(text=text + '\n[space]\nweights = "none"\n')
-    result = run_search("run", study, "--workers", "1", "--storage", storage, cwd=tmp_path)
+    # Its worker is a process; `run` itself runs in this one.
+    result = search_here("run", study, "--workers", "1", "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     trials = optuna.load_study(study_name="t", storage=open_storage(storage)).trials
     # The budget is spent by trials that trained, not failed ones.
