@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, search_here
+from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, once_per_run, search_here
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
@@ -28,43 +28,48 @@ SECTIONS = (
 FAIL_REASON = "loss or val_accuracy is not finite at epoch 1"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def report(study_run, retrained_best, tmp_path_factory) -> tuple[Path, list, dict]:
-    """The report of a copy of the finished study with a failed trial added.
+    """The report of a copy of the finished study with a failed trial added, made once per
+    test run (also under pytest-xdist: its tests only read it).
 
     Returns the page, the study's trials and the retrain's report.json.
     """
-    cwd = tmp_path_factory.mktemp("report")
-    db = cwd / "search.db"
-    with sqlite3.connect(study_run.storage.removeprefix("sqlite:///")) as src:
-        with sqlite3.connect(db) as dst:
-            src.backup(dst)
-    storage = f"sqlite:///{db}"
-    # A plain storage: heartbeats are for trials that `optimize` runs.
-    study = optuna.load_study(study_name=study_run.name, storage=storage)
-    trial = study.ask()
-    trial.set_user_attr("fail_reason", FAIL_REASON)
-    study.tell(trial, state=TrialState.FAIL)
-    result = search_here(
-        "report",
-        study_run.name,
-        "--storage",
-        storage,
-        "-o",
-        cwd / "out",
-        "--retrained",
-        retrained_best.out_dir.parent,
-        cwd=cwd,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    page = cwd / "out" / "report.html"
-    assert f"report: {page.as_uri()}" in result.stdout
+
+    def make() -> dict:
+        cwd = tmp_path_factory.mktemp("report")
+        db = cwd / "search.db"
+        with sqlite3.connect(study_run.storage.removeprefix("sqlite:///")) as src:
+            with sqlite3.connect(db) as dst:
+                src.backup(dst)
+        storage = f"sqlite:///{db}"
+        # A plain storage: heartbeats are for trials that `optimize` runs.
+        study = optuna.load_study(study_name=study_run.name, storage=storage)
+        trial = study.ask()
+        trial.set_user_attr("fail_reason", FAIL_REASON)
+        study.tell(trial, state=TrialState.FAIL)
+        result = search_here(
+            "report",
+            study_run.name,
+            "--storage",
+            storage,
+            "-o",
+            cwd / "out",
+            "--retrained",
+            retrained_best.out_dir.parent,
+            cwd=cwd,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        page = cwd / "out" / "report.html"
+        assert f"report: {page.as_uri()}" in result.stdout
+        return {"page": str(page), "storage": storage}
+
+    made = once_per_run(tmp_path_factory, "report", make)
+    study = optuna.load_study(study_name=study_run.name, storage=made["storage"])
     retrain = json.loads((retrained_best.out_dir / "report.json").read_text())
-    return page, study.get_trials(), retrain
+    return Path(made["page"]), study.get_trials(), retrain
 
 
-# One pytest-xdist worker makes the module's report for both tests.
-@pytest.mark.xdist_group("report")
 def test_report_embeds_every_plot_as_a_png(report):
     page, _, _ = report
     text = page.read_text()
@@ -78,7 +83,6 @@ def test_report_embeds_every_plot_as_a_png(report):
     assert not re.search(r'(src|href)="(?!data:)', text)
 
 
-@pytest.mark.xdist_group("report")
 def test_report_opens_in_chromium_with_every_section(report, browser):
     from playwright.sync_api import expect
 
