@@ -1,9 +1,13 @@
-"""Shared fixtures: the real Fashion-MNIST, study files on disk, the CLI in a subprocess."""
+"""Shared fixtures: the real Fashion-MNIST, study files on disk, the CLI in a subprocess or
+in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -27,44 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 # The storage's heartbeat settings in the tests' `search` processes (cli_env).
 TEST_HEARTBEAT_INTERVAL, TEST_GRACE_PERIOD = 1, 4
-
-# Seconds that the longest tests took in a run on 2 cores with 3 pytest-xdist workers (a
-# test's first fixture included). Under pytest-xdist (pyproject.toml) they are handed out
-# first, longest first, so that no worker starts one of them while the others run out of
-# tests. The first test of `study_run` goes
-# early too, as two dozen tests wait for that fixture. A renamed test loses its head start.
-# By test function name (all of a parametrized test's cases).
-LONGEST_FIRST = {
-    "test_workers_survive_sigkills_and_a_database_restart": 150,
-    "test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them": 100,
-    "test_a_config_with_both_additions_trains_exports_retrains_and_reloads": 95,
-    "test_a_killed_trial_goes_on_from_its_last_epoch": 84,
-    "test_enqueued_trials_run_first_and_once": 77,
-    "test_a_folder_study_runs_exports_retrains_and_reports": 78,
-    "test_recycled_workers_are_replaced_and_draw_new_points": 60,
-    "test_ctrl_c_stops_cleanly_and_the_study_resumes": 70,
-    "test_sigkilled_worker_trial_is_failed_and_retried_with_same_params": 67,
-    "test_short_transfer_study_runs_through_the_cli": 60,
-    "test_parallel_reevaluation_gives_each_seed_the_result_it_gets_alone": 59,
-    "test_browser_watches_a_real_run_whose_workers_never_lock": 54,
-    "test_a_job_array_runs_the_study_and_a_requeued_task_trial_resumes": 46,
-    "test_reevaluated_export_ranks_by_mean_and_retrain_reports_it": 49,
-    "test_a_study_keeps_its_best_models_exports_them_and_shows_them": 35,
-    "test_sigterm_to_the_supervisor_stops_its_workers": 33,
-    "test_a_damaged_checkpoint_starts_the_retry_again_with_the_reason": 30,
-    "test_cli_rejects_a_changed_definition_of_an_existing_study": 27,
-    "test_a_saved_model_loads_with_plain_keras_and_predicts_the_same": 24,
-    "test_report_of_an_empty_or_unknown_study_exits_2_and_writes_nothing": 21,
-    "test_heartbeats_and_the_reaper_outlive_a_database_outage": 18,
-    "test_empty_and_unknown_studies_exit_2_and_write_nothing": 15,
-}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, the longest tests first; a serial run keeps pytest's order."""
-    # The workers collect, and must agree on the order; the controller only hands out.
-    if hasattr(config, "workerinput"):
-        items.sort(key=lambda i: -LONGEST_FIRST.get(getattr(i, "originalname", i.name), 0))
 
 
 @pytest.fixture(autouse=True)
@@ -199,10 +165,63 @@ def start_search(*args: str, cwd: Path, **popen: Any) -> subprocess.Popen:
 
 
 def run_search(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the `search` CLI to completion and capture its output."""
+    """Run the `search` CLI to completion in a new process and capture its output.
+
+    For what only a process shows: its exit status, signals, workers, its own start-up.
+    Elsewhere `search_here` runs the same command without a new TensorFlow start-up.
+    """
     return subprocess.run(
         search_cmd(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What `search_here` gives back: the fields of `run_search`'s CompletedProcess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def search_here(*args: str, cwd: Path) -> Ran:
+    """Run the `search` CLI to completion in this process, as `run_search` runs it in another.
+
+    `search.cli.main(ARGS)` in `cwd`, with `cli_env()`'s environment, its stdout and stderr
+    (Optuna's log lines included) captured; argparse's exits (--help, usage errors) give
+    their status. The environment, the working directory and Optuna's log level are put
+    back afterwards. `run` starts its workers as processes, as ever; not for commands that
+    train in their own process (retrain, worker, export --reevaluate: they set TensorFlow's
+    threads, which only a process where TensorFlow has not started yet may), nor where the
+    process is what is tested (its signals, its exit when killed).
+    """
+    import optuna
+
+    from search.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    # Optuna's own handler holds the stderr of the time it was made: send its lines here.
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(optuna.logging.create_default_formatter())
+    saved_env, saved_verbosity = dict(os.environ), optuna.logging.get_verbosity()
+    os.environ.clear()
+    os.environ.update(cli_env())
+    optuna.logging.disable_default_handler()
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        with contextlib.chdir(cwd), contextlib.redirect_stdout(out):
+            with contextlib.redirect_stderr(err):
+                try:
+                    code = main([str(a) for a in args])
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+        optuna.logging.enable_default_handler()
+        optuna.logging.set_verbosity(saved_verbosity)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 @dataclass(frozen=True)
@@ -242,7 +261,8 @@ def study_run(tmp_path_factory) -> FinishedStudy:
         )
         study.write_text(text)
         storage = f"sqlite:///{cwd / 'search.db'}"
-        result = run_search("run", study, "--workers", "2", "--storage", storage, cwd=cwd)
+        # The workers are processes; `run` itself runs in this one.
+        result = search_here("run", study, "--workers", "2", "--storage", storage, cwd=cwd)
         assert result.returncode == 0, result.stdout + result.stderr
         return {"cwd": str(cwd), "storage": storage, "output": result.stdout}
 
@@ -268,7 +288,7 @@ def retrained_best(study_run, tmp_path_factory) -> Retrained:
     s = study_run
 
     def make() -> dict:
-        result = run_search("export", s.name, "--top", "2", "--storage", s.storage, cwd=s.cwd)
+        result = search_here("export", s.name, "--top", "2", "--storage", s.storage, cwd=s.cwd)
         assert result.returncode == 0, result.stdout + result.stderr
         export = s.cwd / "runs" / s.name / "best.json"
         best = json.loads(export.read_text())["trials"][0]

@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import run_search
+from conftest import run_search, search_here
 
 from search import __version__
 
@@ -58,8 +58,8 @@ def test_the_study_name_is_positional_or_an_option(study_run):
 
 def test_quiet_and_verbose_change_what_is_logged(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    loud = run_search("create", write_study(name="a"), "--storage", storage, cwd=tmp_path)
-    quiet = run_search("create", write_study(name="b"), "-q", "--storage", storage, cwd=tmp_path)
+    loud = search_here("create", write_study(name="a"), "--storage", storage, cwd=tmp_path)
+    quiet = search_here("create", write_study(name="b"), "-q", "--storage", storage, cwd=tmp_path)
     assert loud.returncode == quiet.returncode == 0, loud.stderr + quiet.stderr
     # Optuna's info messages go with -q; what the command itself reports stays.
     assert "A new study created" in loud.stderr

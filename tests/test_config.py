@@ -1,9 +1,11 @@
-"""Study definitions: the shipped files load; broken ones exit 2 and write nothing."""
+"""Study definitions: the shipped files load; broken ones exit 2 and write nothing.
+
+The CLI runs in this process (`search_here`): what is tested is its answer, not its process."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, run_search, study_toml
+from conftest import REPO, search_here, study_toml
 
 from search.config import ConfigError, load_config
 
@@ -72,7 +74,7 @@ def test_cli_rejects_bad_study_with_exit_2_and_creates_nothing(
     tmp_path, write_study, keys, message
 ):
     db = tmp_path / "runs" / "s.db"
-    result = run_search("run", write_study(**keys), "--storage", f"sqlite:///{db}", cwd=tmp_path)
+    result = search_here("run", write_study(**keys), "--storage", f"sqlite:///{db}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("error:") == 1
     assert message.replace("\\", "") in result.stderr or pytest.fail(result.stderr)
@@ -82,28 +84,28 @@ def test_cli_rejects_bad_study_with_exit_2_and_creates_nothing(
 
 def test_cli_rejects_a_changed_definition_of_an_existing_study(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    assert run_search("create", write_study(), "--storage", storage, cwd=tmp_path).returncode == 0
+    assert search_here("create", write_study(), "--storage", storage, cwd=tmp_path).returncode == 0
     changed = write_study("changed.toml", space="conv")
-    result = run_search("create", changed, "--storage", storage, cwd=tmp_path)
+    result = search_here("create", changed, "--storage", storage, cwd=tmp_path)
     assert result.returncode == 2
     assert (
         "exists with [study] space = 'dense', but the definition now says 'conv'" in result.stderr
     )
     # A new budget is not a new study: it is accepted and recorded.
-    result = run_search("create", write_study(n_trials=20), "--storage", storage, cwd=tmp_path)
+    result = search_here("create", write_study(n_trials=20), "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "resuming study 't'" in result.stdout
 
 
 def test_unknown_storage_scheme_is_a_clear_error(tmp_path, write_study):
-    result = run_search("create", write_study(), "--storage", "mongodb://x/y", cwd=tmp_path)
+    result = search_here("create", write_study(), "--storage", "mongodb://x/y", cwd=tmp_path)
     assert result.returncode == 2
     assert "uses 'mongodb'; supported: sqlite, postgresql" in result.stderr
 
 
 def test_every_command_has_help(tmp_path):
     for command in ["run", "worker", "create", "status", "reap"]:
-        result = run_search(command, "--help", cwd=tmp_path)
+        result = search_here(command, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "--storage" in result.stdout, command
 
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import optuna
 import pytest
-from conftest import run_search, study_toml
+from conftest import run_search, search_here, study_toml
 from optuna.trial import TrialState
 
 from search.data import FASHION_MNIST_FILES, find_fashion_mnist, read_idx
@@ -50,11 +50,13 @@ def test_a_config_with_both_additions_trains_exports_retrains_and_reloads(tmp_pa
         validation_subset=300,
     )
     study_file = write_study(text=text)
-    result = run_search("create", study_file, "--storage", storage, cwd=tmp_path)
+    result = search_here("create", study_file, "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     study = optuna.load_study(study_name="plus", storage=open_storage(storage))
     study.enqueue_trial(EVERYTHING_ON)
-    result = run_search("run", study_file, "--workers", "1", "--storage", storage, cwd=tmp_path)
+    # Its worker is a process; `run` itself, `create` and `export` run in this one. retrain
+    # trains in this process, so it gets a new one.
+    result = search_here("run", study_file, "--workers", "1", "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
     trials = study.get_trials()
@@ -65,7 +67,7 @@ def test_a_config_with_both_additions_trains_exports_retrains_and_reloads(tmp_pa
     assert trials[0].value > 0.15
 
     export = tmp_path / "plus.json"
-    result = run_search("export", "plus", "-o", export, "--storage", storage, cwd=tmp_path)
+    result = search_here("export", "plus", "-o", export, "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     bundle = json.loads(export.read_text())
     entry = next(e for e in bundle["trials"] if e["number"] == 0)

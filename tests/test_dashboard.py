@@ -247,7 +247,7 @@ def test_browser_watches_a_real_run_whose_workers_never_lock(tmp_path: Path, pag
     from playwright.sync_api import expect
 
     url = f"sqlite:///{tmp_path / 'search.db'}"
-    n_trials = 6
+    n_trials = 4
     # A grace period far above the heartbeat interval: on a busy machine (parallel tests) a new
     # worker's first heartbeat can come late, and its trial be reaped; this test is about locks.
     path, study = new_study(

@@ -6,7 +6,7 @@ import json
 
 import optuna
 import pytest
-from conftest import STUDY_RUN_TRAIN, run_search
+from conftest import STUDY_RUN_TRAIN, search_here
 from optuna.trial import TrialState
 
 from search.export import FORMAT, read_export
@@ -21,7 +21,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them(study_run, tmp_path):
     s = study_run
     out = tmp_path / "top.json"
-    result = run_search(
+    result = search_here(
         "export", s.name, "-o", out, "--top", "3", "--storage", s.storage, cwd=s.cwd
     )
     assert result.returncode == 0, result.stderr
@@ -57,13 +57,13 @@ def test_export_holds_the_k_best_trials_with_all_it_takes_to_rebuild_them(study_
 
 def test_empty_and_unknown_studies_exit_2_and_write_nothing(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    created = run_search("create", write_study(name="empty"), "--storage", storage, cwd=tmp_path)
+    created = search_here("create", write_study(name="empty"), "--storage", storage, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     for name, message in [
         ("empty", "study 'empty' has no completed trial to export (0/8 trials done"),
         ("nope", "no study named 'nope' in this storage; studies: ['empty']"),
     ]:
-        result = run_search("export", name, "--storage", storage, cwd=tmp_path)
+        result = search_here("export", name, "--storage", storage, cwd=tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
         assert message in result.stderr and result.stderr.count("error:") == 1
     # Neither the default export file nor its directory exists.

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import run_search
+from conftest import run_search, search_here
 from optuna.trial import TrialState
 from PIL import Image
 
@@ -286,7 +286,7 @@ def test_a_broken_dataset_exits_2_names_the_path_and_writes_nothing(tmp_path, ca
     study = tmp_path / "study.toml"
     study.write_text(study_text(dataset))
     db = tmp_path / "s.db"
-    result = run_search("create", study, "--storage", f"sqlite:///{db}", cwd=tmp_path)
+    result = search_here("create", study, "--storage", f"sqlite:///{db}", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert str(named) in result.stderr and result.stderr.count("error:") == 1, result.stderr
     # Never the advice to load pickles.
@@ -313,14 +313,15 @@ def test_a_folder_study_runs_exports_retrains_and_reports(tmp_path):
     data_dir = ("--data-dir", str(data_root))
 
     flags = ("--workers", "2", "--cache", "memory", *data_dir, "--storage", storage)
-    result = run_search("run", study, *flags, cwd=work)
+    # The workers are processes; `run`, `export` and `report` themselves run in this one.
+    result = search_here("run", study, *flags, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
     trials = optuna.load_study(study_name="folders", storage=open_storage(storage)).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4
     assert all(t.user_attrs["device"].startswith(("cpu", "gpu")) for t in complete)
 
-    result = run_search("export", "folders", "--storage", storage, cwd=work)
+    result = search_here("export", "folders", "--storage", storage, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
     export = work / "runs" / "folders" / "best.json"
     best = json.loads(export.read_text())["trials"][0]
@@ -336,7 +337,7 @@ def test_a_folder_study_runs_exports_retrains_and_reports(tmp_path):
     assert report["data"]["test_images"] == 60
     assert report["data"]["validation_images"] == 48 and report["data"]["train_images"] == 192
 
-    result = run_search("report", "folders", "--storage", storage, *data_dir, cwd=work)
+    result = search_here("report", "folders", "--storage", storage, *data_dir, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
     page = (work / "runs" / "folders" / "report.html").read_text()
     assert all(f'<td class="text">{name}</td>' in page for name in names)
@@ -393,7 +394,7 @@ def test_run_with_gpus_places_each_worker_on_its_gpu(tmp_path):
         '[trials]\nn_trials = 2\nmax_epochs = 1\npruner = "none"\n'
     )
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    result = run_search("run", study, "--gpus", "3,5", "--storage", storage, cwd=tmp_path)
+    result = search_here("run", study, "--gpus", "3,5", "--storage", storage, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "started 2 workers on GPUs 3,5" in result.stdout
     # Worker slot i on GPU i: each says so in its log, and its trials record it.
@@ -413,6 +414,6 @@ def test_gpu_flags_that_contradict_each_other_exit_2(tmp_path):
         (("--workers-per-gpu", "2"), "--workers-per-gpu needs --gpus"),
         (("--gpus", "0,0"), "give distinct GPU numbers"),
     ]:
-        result = run_search("run", study, *flags, cwd=tmp_path)
+        result = search_here("run", study, *flags, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()

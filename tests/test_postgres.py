@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import TEST_GRACE_PERIOD, cli_env, run_search, search_cmd, start_search
+from conftest import TEST_GRACE_PERIOD, cli_env, search_cmd, search_here, start_search
 from optuna.trial import TrialState
 from pgserver import PostgresServer
 
@@ -102,10 +102,10 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
             validation_subset=500,
             pruner="median",
         )
-        created = run_search("create", study, "--storage", pg.url, cwd=tmp_path)
+        created = search_here("create", study, "--storage", pg.url, cwd=tmp_path)
         assert created.returncode == 0, created.stderr
         # `create` is idempotent: compose may run it again on every `up`.
-        assert run_search("create", study, "--storage", pg.url, cwd=tmp_path).returncode == 0
+        assert search_here("create", study, "--storage", pg.url, cwd=tmp_path).returncode == 0
         reaper = subprocess.Popen(
             search_cmd("reap", "--every", str(REAP_EVERY), "--storage", pg.url),
             cwd=tmp_path,
@@ -181,7 +181,7 @@ def test_heartbeats_and_the_reaper_outlive_a_database_outage(tmp_path, write_stu
     """A database gone for a moment costs no running trial, and the reaper keeps reaping."""
     with PostgresServer() as pg:
         study_file = write_study()
-        assert run_search("create", study_file, "--storage", pg.url, cwd=tmp_path).returncode == 0
+        assert search_here("create", study_file, "--storage", pg.url, cwd=tmp_path).returncode == 0
         storage = open_storage(pg.url, heartbeat_interval=1, grace_period=GRACE)
         study = optuna.load_study(study_name="t", storage=storage)
         trial = study.ask()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, run_search
+from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, once_per_run, search_here
 from optuna.trial import TrialState
 
 from search.record import FailureKind, TrialWriter
@@ -30,43 +30,48 @@ SECTIONS = (
 FAIL_REASON = "loss or val_accuracy is not finite at epoch 1"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def report(study_run, retrained_best, tmp_path_factory) -> tuple[Path, list, dict]:
-    """The report of a copy of the finished study with a failed trial added.
+    """The report of a copy of the finished study with a failed trial added, made once per
+    test run (also under pytest-xdist: its tests only read it).
 
     Returns the page, the study's trials and the retrain's report.json.
     """
-    cwd = tmp_path_factory.mktemp("report")
-    db = cwd / "search.db"
-    with sqlite3.connect(study_run.storage.removeprefix("sqlite:///")) as src:
-        with sqlite3.connect(db) as dst:
-            src.backup(dst)
-    storage = f"sqlite:///{db}"
-    # A plain storage: heartbeats are for trials that `optimize` runs.
-    study = optuna.load_study(study_name=study_run.name, storage=storage)
-    trial = study.ask()
-    TrialWriter(trial).set_failure(FailureKind.DIVERGED, FAIL_REASON)
-    study.tell(trial, state=TrialState.FAIL)
-    result = run_search(
-        "report",
-        study_run.name,
-        "--storage",
-        storage,
-        "-o",
-        cwd / "out",
-        "--retrained",
-        retrained_best.out_dir.parent,
-        cwd=cwd,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    page = cwd / "out" / "report.html"
-    assert f"report: {page.as_uri()}" in result.stdout
+
+    def make() -> dict:
+        cwd = tmp_path_factory.mktemp("report")
+        db = cwd / "search.db"
+        with sqlite3.connect(study_run.storage.removeprefix("sqlite:///")) as src:
+            with sqlite3.connect(db) as dst:
+                src.backup(dst)
+        storage = f"sqlite:///{db}"
+        # A plain storage: heartbeats are for trials that `optimize` runs.
+        study = optuna.load_study(study_name=study_run.name, storage=storage)
+        trial = study.ask()
+        TrialWriter(trial).set_failure(FailureKind.DIVERGED, FAIL_REASON)
+        study.tell(trial, state=TrialState.FAIL)
+        result = search_here(
+            "report",
+            study_run.name,
+            "--storage",
+            storage,
+            "-o",
+            cwd / "out",
+            "--retrained",
+            retrained_best.out_dir.parent,
+            cwd=cwd,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        page = cwd / "out" / "report.html"
+        assert f"report: {page.as_uri()}" in result.stdout
+        return {"page": str(page), "storage": storage}
+
+    made = once_per_run(tmp_path_factory, "report", make)
+    study = optuna.load_study(study_name=study_run.name, storage=made["storage"])
     retrain = json.loads((retrained_best.out_dir / "report.json").read_text())
-    return page, study.get_trials(), retrain
+    return Path(made["page"]), study.get_trials(), retrain
 
 
-# One pytest-xdist worker makes the module's report for both tests.
-@pytest.mark.xdist_group("report")
 def test_report_embeds_every_plot_as_a_png(report):
     page, _, _ = report
     text = page.read_text()
@@ -80,7 +85,6 @@ def test_report_embeds_every_plot_as_a_png(report):
     assert not re.search(r'(src|href)="(?!data:)', text)
 
 
-@pytest.mark.xdist_group("report")
 def test_report_opens_in_chromium_with_every_section(report, browser):
     from playwright.sync_api import expect
 
@@ -120,14 +124,14 @@ def test_report_opens_in_chromium_with_every_section(report, browser):
 
 def test_report_of_an_empty_or_unknown_study_exits_2_and_writes_nothing(tmp_path, write_study):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    created = run_search("create", write_study(name="empty"), "--storage", storage, cwd=tmp_path)
+    created = search_here("create", write_study(name="empty"), "--storage", storage, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     for args, message in [
         (("empty",), "study 'empty' has no trials yet; nothing to report"),
         (("nope",), "no study named 'nope' in this storage"),
         (("empty", "--retrained", "missing"), "--retrained: missing: no such file or directory"),
     ]:
-        result = run_search("report", *args, "--storage", storage, cwd=tmp_path)
+        result = search_here("report", *args, "--storage", storage, cwd=tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
         assert message in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()

@@ -6,7 +6,7 @@ import json
 
 import optuna
 import pytest
-from conftest import run_search
+from conftest import search_here
 from optuna.trial import TrialState
 
 from search.record import TrialRecord
@@ -35,14 +35,15 @@ def test_enqueued_trials_run_first_and_once(retrained_best, tmp_path, write_stud
     study_file = _warm_study(write_study)
     storage = f"sqlite:///{tmp_path / 's.db'}"
     outputs = []
-    for command in ("create", "run", "run"):
-        result = run_search(
+    # (`run` starts its worker as a process; the command itself runs in this one.)
+    for command in ("create", "run", "create"):
+        result = search_here(
             command, study_file, "--enqueue", export, "--storage", storage, cwd=tmp_path
         )
         assert result.returncode == 0, result.stdout + result.stderr
         outputs.append(result.stdout)
     assert f"queued 2 of the 2 exported trials from {export}\n" in outputs[0]
-    # Running the command again queues nothing: the params are already in the study.
+    # Running a command again queues nothing: the params are already in the study.
     for output in outputs[1:]:
         assert "queued 0 of the 2 exported trials" in output
         assert "(2 with params already in the study)" in output
@@ -86,7 +87,7 @@ def test_bad_bundles_exit_2_and_create_nothing(
         bundle = json.loads(retrained_best.export.read_text())
         path.write_text(json.dumps(_break(bundle, what)))
     db = tmp_path / "s.db"
-    result = run_search(
+    result = search_here(
         "run", study_file, "--enqueue", path, "--storage", f"sqlite:///{db}", cwd=tmp_path
     )
     assert result.returncode == 2, result.stdout + result.stderr
