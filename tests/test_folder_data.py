@@ -18,6 +18,7 @@ from search.config import ConfigError, DataSection, load_config
 from search.data import load_dataset, load_study_test
 from search.device import worker_env
 from search.folders import resolve_folder
+from search.record import TrialRecord
 from search.settings import Settings
 from search.storage import open_storage
 from search.supervisor import _start_worker
@@ -319,7 +320,7 @@ def test_a_folder_study_runs_exports_retrains_and_reports(tmp_path):
     trials = optuna.load_study(study_name="folders", storage=open_storage(storage)).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4
-    assert all(t.user_attrs["device"].startswith(("cpu", "gpu")) for t in complete)
+    assert all(TrialRecord.of(t).device.startswith(("cpu", "gpu")) for t in complete)
 
     result = search_here("export", "folders", "--storage", storage, cwd=work)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -403,7 +404,7 @@ def test_run_with_gpus_places_each_worker_on_its_gpu(tmp_path):
         log = (tmp_path / "runs" / "gpus" / "logs" / f"worker-{slot}.log").read_text()
         assert f"training on {device}" in log, log
     trials = optuna.load_study(study_name="gpus", storage=open_storage(storage)).trials
-    assert {t.user_attrs["device"] for t in trials} <= set(expected)
+    assert {TrialRecord.of(t).device for t in trials} <= set(expected)
 
 
 def test_gpu_flags_that_contradict_each_other_exit_2(tmp_path):

@@ -15,6 +15,7 @@ from conftest import TEST_GRACE_PERIOD, cli_env, search_cmd, search_here, start_
 from optuna.trial import TrialState
 from pgserver import PostgresServer
 
+from search.record import TrialRecord
 from search.storage import open_storage
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,7 @@ def _stuck(trials, fleet: Fleet, logs, reaper: subprocess.Popen) -> str:
     lines = [f"the study did not finish in {DEADLINE} s; trials:"]
     lines += [
         f"  {t.number} {t.state.name} epochs={len(t.intermediate_values)}"
-        f" worker={t.user_attrs.get('worker')} retry_of={t.system_attrs.get('failed_trial')}"
+        f" worker={TrialRecord.of(t).worker} retry_of={TrialRecord.of(t).retry_of}"
         for t in trials
     ]
     lines.append(f"workers: { {i: (p.pid, p.poll()) for i, p in fleet.procs.items()} }")
@@ -130,9 +131,9 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
                 # Kill a worker that is in the middle of a trial, and start its replacement.
                 # Not a retry's: each killed trial is then retried exactly once.
                 for t in trials:
-                    pid = int(t.user_attrs.get("worker", "x:0").split(":")[1])
+                    pid = int((TrialRecord.of(t).worker or "x:0").split(":")[1])
                     mid = t.state == TrialState.RUNNING and len(t.intermediate_values) == 1
-                    mid = mid and "failed_trial" not in t.system_attrs
+                    mid = mid and TrialRecord.of(t).retry_of is None
                     index = next((i for i, p in fleet.procs.items() if p.pid == pid), None)
                     if mid and index is not None and t.number not in killed:
                         os.kill(pid, signal.SIGKILL)
@@ -160,12 +161,12 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
     # The budget is exact: N_TRIALS trials COMPLETE or PRUNED, none counted twice.
     assert sum(t.state in DONE for t in trials) == N_TRIALS
     retried = {
-        t.system_attrs["failed_trial"]: t for t in trials if "failed_trial" in t.system_attrs
+        TrialRecord.of(t).retry_of: t for t in trials if TrialRecord.of(t).retry_of is not None
     }
     for t in trials:
         if t.state == TrialState.FAIL:
             # A failure has a recorded reason, or is a dead worker's trial that was retried.
-            assert "fail_reason" in t.user_attrs or t.number in retried, t
+            assert TrialRecord.of(t).fail_reason is not None or t.number in retried, t
     for number, (killed_at, params) in killed.items():
         dead = trials[number]
         # Failed within the grace period plus the reaper's period (and a little slack).
@@ -173,7 +174,7 @@ def test_workers_survive_sigkills_and_a_database_restart(tmp_path, write_study):
         assert (dead.datetime_complete - killed_at).total_seconds() <= GRACE + REAP_EVERY + 3
         # ...and retried once, with the same parameters, to the end.
         assert retried[number].params == params and retried[number].state in DONE
-        assert sum(t.system_attrs.get("failed_trial") == number for t in trials) == 1
+        assert sum(TrialRecord.of(t).retry_of == number for t in trials) == 1
     assert "stale trials failed and queued again" in reaper_output, reaper_output
 
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import STUDY_RUN_TRAIN, STUDY_RUN_VALIDATION, run_search, search_here
 
 from search.data import FASHION_MNIST_FILES, find_fashion_mnist, read_idx
+from search.record import TrialRecord
 from search.storage import open_storage
 
 pytestmark = pytest.mark.slow
@@ -23,8 +24,9 @@ def test_retrain_in_a_new_process_reproduces_the_trials_validation_accuracy(
     study = optuna.load_study(study_name=s.name, storage=open_storage(s.storage))
     best = study.best_trial
     report = json.loads((retrained_best.out_dir / "report.json").read_text())
-    assert report["trial"] == best.number and report["epochs"] == best.user_attrs["best_epoch"]
-    assert report["seed"] == best.user_attrs["seed"]
+    record = TrialRecord.of(best)
+    assert report["trial"] == best.number and report["epochs"] == record.best_epoch
+    assert report["seed"] == record.seed
     # The acceptance rule: within 0.5 percentage points of the trial's validation accuracy.
     assert abs(report["validation"]["accuracy"] - best.value) <= 0.005
     assert report["trial_validation"]["accuracy"] == best.value

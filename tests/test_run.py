@@ -15,6 +15,7 @@ import pytest
 from conftest import cli_env, run_search, search_here, start_search
 from optuna.trial import TrialState
 
+from search.record import FailureKind, TrialRecord
 from search.settings import Settings
 from search.storage import open_storage
 from search.worker import WorkerSpec, write_spec
@@ -50,7 +51,7 @@ def _assert_budget_exact(trials, n_trials: int) -> None:
     assert sum(t.state in DONE for t in trials) == n_trials
     # Every failure says why.
     assert all(
-        "fail_reason" in t.user_attrs or t.number in _retried(trials)
+        TrialRecord.of(t).fail_reason is not None or t.number in _retried(trials)
         for t in trials
         if t.state == TrialState.FAIL
     )
@@ -65,7 +66,7 @@ def _trials_if_any(storage_url: str) -> list:
 
 
 def _retried(trials) -> set[int]:
-    return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    return {r.retry_of for r in map(TrialRecord.of, trials) if r.retry_of is not None}
 
 
 def test_two_workers_run_a_pruned_study_to_its_budget(study_run):
@@ -78,7 +79,7 @@ def test_two_workers_run_a_pruned_study_to_its_budget(study_run):
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned and all(len(t.intermediate_values) < 3 for t in pruned)
     # Two processes shared the work.
-    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert len({TrialRecord.of(t).worker for t in trials}) == 2
     # Live progress and the best trial are shown.
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert "12/12 trials done" in s.output
@@ -95,7 +96,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path,
     study = write_study(n_trials=3, max_epochs=4, train_subset=3000, pruner="none")
     proc = start_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
     victim = _wait_for_trial_mid_training(storage, proc)
-    os.kill(int(victim.user_attrs["worker"].split(":")[1]), signal.SIGKILL)
+    os.kill(int(TrialRecord.of(victim).worker.split(":")[1]), signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     trials = _trials(storage)
@@ -103,7 +104,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tmp_path,
     killed = trials[victim.number]
     assert killed.state == TrialState.FAIL
     # Retried exactly once, with the same parameters, and the retry finished.
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    retries = [t for t in trials if TrialRecord.of(t).retry_of == victim.number]
     assert len(retries) == 1
     assert retries[0].params == victim.params and retries[0].state in DONE
     # The supervisor replaced the dead worker.
@@ -125,9 +126,9 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     interrupted = trials[victim.number]
     assert interrupted.state == TrialState.FAIL
-    assert interrupted.user_attrs["fail_reason"].startswith("Interrupted")
+    assert TrialRecord.of(interrupted).failure == FailureKind.INTERRUPTED
     # The interrupted trial waits in the queue with its params, and resuming runs it.
-    queued = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    queued = [t for t in trials if TrialRecord.of(t).retry_of == victim.number]
     assert len(queued) == 1 and queued[0].state == TrialState.WAITING
     # (One worker is enough to resume, and a worker's start is seconds of TensorFlow.)
     result = run_search("run", study, "--workers", "1", "--storage", storage, cwd=tmp_path)
@@ -139,9 +140,9 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, write_study):
     assert retry.state in DONE and retry.params == victim.params
     # It went on from the epoch the stopped trial had finished (its checkpoint, written
     # before the next epoch's first batch, where the stop came).
-    assert retry.user_attrs["resumed_from"]["trial"] == victim.number
-    assert retry.user_attrs["resumed_from"]["epoch"] >= 1
-    assert retry.user_attrs["epochs_trained"] == 4 - retry.user_attrs["resumed_from"]["epoch"]
+    record = TrialRecord.of(retry)
+    assert record.resumed_from.trial == victim.number and record.resumed_from.epoch >= 1
+    assert record.epochs_trained == 4 - record.resumed_from.epoch
 
 
 def test_sigterm_to_the_supervisor_stops_its_workers(tmp_path, write_study):
@@ -150,7 +151,7 @@ def test_sigterm_to_the_supervisor_stops_its_workers(tmp_path, write_study):
     study = write_study(n_trials=3, max_epochs=4, train_subset=3000, pruner="none")
     proc = start_search("run", study, "--workers", "2", "--storage", storage, cwd=tmp_path)
     victim = _wait_for_trial_mid_training(storage, proc)
-    workers = [t.user_attrs.get("worker") for t in _trials(storage)]
+    workers = [TrialRecord.of(t).worker for t in _trials(storage)]
     worker_pids = {int(w.rsplit(":", 1)[1]) for w in workers if w}
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
@@ -162,7 +163,7 @@ def test_sigterm_to_the_supervisor_stops_its_workers(tmp_path, write_study):
             os.kill(pid, 0)
     trials = _trials(storage)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    assert trials[victim.number].user_attrs["fail_reason"].startswith("Interrupted")
+    assert TrialRecord.of(trials[victim.number]).failure == FailureKind.INTERRUPTED
 
 
 def test_recycled_workers_are_replaced_and_draw_new_points(tmp_path, write_study):
@@ -187,7 +188,7 @@ def test_recycled_workers_are_replaced_and_draw_new_points(tmp_path, write_study
     trials = _trials(storage)
     _assert_budget_exact(trials, 3)
     # A worker process is replaced after each trial, bounding its memory...
-    assert len({t.user_attrs["worker"] for t in trials}) == 3
+    assert len({TrialRecord.of(t).worker for t in trials}) == 3
     # ...and each new process seeds its sampler afresh instead of repeating the first point.
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 3
 
@@ -234,7 +235,7 @@ def test_timeout_sizes_trials_to_the_time_and_leaves_none_running(tmp_path, writ
                 if t.state == TrialState.RUNNING and t.intermediate_values
             ]
             if running:
-                pid = int(running[0].user_attrs["worker"].rsplit(":", 1)[1])
+                pid = int(TrialRecord.of(running[0]).worker.rsplit(":", 1)[1])
                 os.kill(pid, signal.SIGSTOP)
                 try:
                     shown.wait(15)
@@ -254,15 +255,15 @@ def test_timeout_sizes_trials_to_the_time_and_leaves_none_running(tmp_path, writ
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     # Trials planned the epochs that fit in the time left, and completed with a result.
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert complete and all(t.user_attrs["planned_epochs"] < 300 for t in complete)
+    assert complete and all(TrialRecord.of(t).planned_epochs < 300 for t in complete)
     # One stopped by the deadline after an epoch is valued by its best epoch so far.
     for t in complete:
-        if "stopped_at_deadline" in t.user_attrs:
-            assert t.value == max(t.user_attrs["history"]["val_accuracy"])
+        if TrialRecord.of(t).stopped_at_deadline is not None:
+            assert t.value == max(TrialRecord.of(t).history["val_accuracy"])
     # One stopped before its first epoch ended waits in the queue with its params.
     stopped = [t for t in trials if t.state == TrialState.FAIL]
-    assert all(t.user_attrs["fail_reason"].startswith("Interrupted") for t in stopped)
-    queued = {t.system_attrs["failed_trial"]: t for t in trials if t.state == TrialState.WAITING}
+    assert all(TrialRecord.of(t).failure == FailureKind.INTERRUPTED for t in stopped)
+    queued = {TrialRecord.of(t).retry_of: t for t in trials if t.state == TrialState.WAITING}
     assert sorted(queued) == [t.number for t in stopped]
     assert all(queued[t.number].params == t.params for t in stopped)
     assert "time limit of 1 minutes reached" in output

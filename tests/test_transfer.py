@@ -15,6 +15,7 @@ import pytest
 from conftest import search_here, study_toml
 from optuna.trial import TrialState
 
+from search.record import TrialRecord
 from search.storage import open_storage
 from spaces import transfer
 
@@ -129,7 +130,7 @@ def test_short_transfer_study_runs_through_the_cli(tmp_path, write_study):
     # The budget is spent by trials that trained, not failed ones.
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     baseline = trials[0]
-    assert baseline.user_attrs["baseline"] == "mobilenet_v2_frozen"
-    assert baseline.user_attrs["n_params"] == 2_924_106
+    assert TrialRecord.of(baseline).baseline == "mobilenet_v2_frozen"
+    assert TrialRecord.of(baseline).n_params == 2_924_106
     # Every trial says its backbone was not pretrained.
-    assert all("randomly initialized" in t.user_attrs["warning"] for t in trials)
+    assert all("randomly initialized" in TrialRecord.of(t).warning for t in trials)
