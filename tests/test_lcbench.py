@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 import pytest
 
-from benchmarks.lcbench import space
+from benchmarks.lcbench import fastmath, space
 from benchmarks.lcbench.bench import DEHB_PYTHON, Settings, records_path, run_benchmark
 from benchmarks.lcbench.contestants import service_config, worker_studies
 from benchmarks.lcbench.report import summarize, write_report
@@ -96,6 +96,34 @@ def test_the_simulation_samples_and_prunes_as_a_real_study_does():
     states = [t.state for t in simulated.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) >= 10
     assert states.count(optuna.trial.TrialState.COMPLETE) >= 2
+
+
+@pytest.mark.skipif(fastmath._library() is None, reason="no C compiler")
+def test_the_compiled_tpe_functions_return_optunas_bits():
+    from optuna.samplers._tpe import _erf, _truncnorm
+
+    rng = np.random.default_rng(0)
+    # Every branch: a > 6, -20 < a <= 6 (erf and erfc), the asymptotic series below -20.
+    a = np.concatenate(
+        [
+            rng.uniform(-45, 45, 20_000),
+            rng.normal(0, 3, 20_000),
+            rng.uniform(-25, -15, 10_000),
+            -np.exp(rng.uniform(0, 130, 2_000)),
+            [np.nan, np.inf, -np.inf, 0.0, -0.0, 6.0, -20.0, 5e-324],
+        ]
+    )
+    with np.errstate(invalid="ignore"):
+        expected = _truncnorm._log_ndtr(a)
+    got = fastmath.log_ndtr(a)
+    assert got.shape == expected.shape
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(got), nan) and nan.sum() == 1
+    assert np.array_equal(got[~nan].view(np.int64), expected[~nan].view(np.int64))
+    assert fastmath.log_ndtr(a[:12].reshape(3, 4)).shape == (3, 4)
+    # erf below the size where Optuna's own numpy port takes over: math.erf's bits.
+    small = a[np.isfinite(a)][:1999].reshape(-1, 1)
+    assert np.array_equal(fastmath.erf(small).view(np.int64), _erf.erf(small).view(np.int64))
 
 
 def test_simulated_workers_share_the_time_and_stop_at_its_end():
