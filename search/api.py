@@ -326,7 +326,8 @@ class Study:
         self.config = config
         self.settings = settings
         self.storage = storage
-        self._data = data  # the loaded dataset, when this process loaded it already
+        # The loaded dataset, when this process loaded it (a worker trains on it), else None.
+        self.dataset = data
         self.optuna = optuna.load_study(study_name=config.name, storage=storage)
 
     @property

@@ -259,7 +259,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         max_trials=args.max_trials_per_process,
         mixed_precision=args.mixed_precision,
     )
-    storage, data = (study.storage, study._data) if study else (None, None)
+    storage, data = (study.storage, study.dataset) if study else (None, None)
     return serve(spec, storage=storage, data=data)
 
 
